@@ -8,6 +8,8 @@ packages=(
   g++ cmake ninja-build pkg-config
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev libgtest-dev
   libopenblas-openmp-dev
+  clang libclang-rt-dev libomp-dev  # scripts/fuzz (libFuzzer; clang's OpenMP)
+  openmpi-bin libopenmpi-dev
   python3 python3-matplotlib
   xz-utils ca-certificates
 )

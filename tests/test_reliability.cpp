@@ -38,6 +38,28 @@ TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) {
   EXPECT_LT(history.back().loss, history[2].loss);
 }
 
+TEST(Reliability, LossSpikesAreSkippedAsOutliers) {
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "run");
+  json["training"]["steps"] = 40;
+  json["training"]["outlier_zscore"] = 6.0;
+  json["training"]["outlier_window"] = 20;
+  Trainer trainer(Config::from_json(json));
+  trainer.run(30);
+  // Blow up the output head for one step: a finite but huge loss spike.
+  auto params = trainer.model().params();
+  std::vector<float> saved(params.begin(), params.end());
+  const TensorInfo& wte = trainer.model().layout().find("wte");
+  for (size_t i = wte.offset; i < wte.offset + wte.count; ++i) params[i] *= 40.0f;
+  trainer.run(31);
+  std::copy(saved.begin(), saved.end(), params.begin());
+  ASSERT_TRUE(trainer.run());
+  const auto& history = trainer.history();
+  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i == 30) << "step " << i + 1;
+  EXPECT_TRUE(std::isfinite(history[30].loss));
+}
+
 TEST(Reliability, TooManyConsecutiveSkipsStopAfterACheckpoint) {
   test::TempDir dir;
   test::write_tiny_shards(dir.path());

@@ -158,7 +158,7 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       Json parsed_header = parse_json_text(header, file_path.string());
       for (const auto& s : parsed_header.at("sections")) {
         Section section{s.at("name"), s.at("count"), s.at("global_offset"), s.at("offset"), s.at("crc32"), file_path};
-        if (section.offset > file.size() || section.count * sizeof(float) > file.size() - section.offset) {
+        if (section.offset > file.size() || section.count > (file.size() - section.offset) / sizeof(float)) {
           fail_file(file_path, "section '{}' extends past the end of the file", section.name);
         }
         if (checksum_range(file, section.offset, section.count * sizeof(float)) != section.crc) {

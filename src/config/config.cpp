@@ -49,6 +49,8 @@ TrainingConfig read_training(JsonObjectReader r) {
   t.threads = r.get("threads", t.threads);
   t.max_consecutive_skips = r.get("max_consecutive_skips", t.max_consecutive_skips);
   t.time_limit_minutes = r.get("time_limit_minutes", t.time_limit_minutes);
+  t.outlier_zscore = r.get("outlier_zscore", t.outlier_zscore);
+  t.outlier_window = r.get("outlier_window", t.outlier_window);
   r.reject_unknown_keys();
   if (t.batch_size <= 0) fail("config key 'training.batch_size' must be positive, got {}", t.batch_size);
   if (t.seq_len <= 0) fail("config key 'training.seq_len' must be positive, got {}", t.seq_len);
@@ -65,6 +67,8 @@ TrainingConfig read_training(JsonObjectReader r) {
   if (t.eval_interval < 0 || t.eval_batches < 0) fail("config keys 'training.eval_interval' and 'training.eval_batches' must be >= 0");
   if (t.threads < 0) fail("config key 'training.threads' must be >= 0, got {}", t.threads);
   if (t.max_consecutive_skips < 1) fail("config key 'training.max_consecutive_skips' must be >= 1, got {}", t.max_consecutive_skips);
+  if (t.outlier_zscore < 0) fail("config key 'training.outlier_zscore' must be >= 0, got {}", t.outlier_zscore);
+  if (t.outlier_window < 10) fail("config key 'training.outlier_window' must be at least 10, got {}", t.outlier_window);
   if (t.time_limit_minutes < 0) fail("config key 'training.time_limit_minutes' must be >= 0, got {}", t.time_limit_minutes);
   return t;
 }
@@ -169,7 +173,8 @@ Json Config::to_json() const {
         {"token_budget", training.token_budget}, {"grad_clip", training.grad_clip},
         {"eval_interval", training.eval_interval}, {"eval_batches", training.eval_batches}, {"seed", training.seed},
         {"threads", training.threads}, {"max_consecutive_skips", training.max_consecutive_skips},
-        {"time_limit_minutes", training.time_limit_minutes}}},
+        {"time_limit_minutes", training.time_limit_minutes}, {"outlier_zscore", training.outlier_zscore},
+        {"outlier_window", training.outlier_window}}},
       {"checkpoint",
        {{"dir", checkpoint.dir}, {"interval", checkpoint.interval}, {"keep_last", checkpoint.keep_last},
         {"milestone_interval", checkpoint.milestone_interval}}},
@@ -189,6 +194,13 @@ void apply_override(Json& document, const std::string& assignment) {
   std::string text = assignment.substr(equals + 1);
   Json value = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = text;
+  // The config is written out as JSON (run dir, checkpoints), which needs UTF-8.
+  try {
+    (void)Json(path).dump();
+    (void)value.dump();
+  } catch (const Json::type_error&) {
+    fail("override '{}' is not valid UTF-8", assignment);
+  }
   Json* node = &document;
   size_t start = 0;
   while (true) {

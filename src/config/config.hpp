@@ -33,7 +33,9 @@ struct TrainingConfig {
   int eval_batches = 10;            // micro-batches per validation pass
   uint64_t seed = 1337;             // initialization and data order
   int threads = 0;                  // CPU threads; 0: all cores
-  int max_consecutive_skips = 5;    // steps with non-finite loss/gradients in a row before stopping
+  int max_consecutive_skips = 5;    // skipped steps in a row before stopping
+  double outlier_zscore = 0.0;      // skip steps whose loss or gradient norm is this many σ above the window; 0: off
+  int outlier_window = 100;         // applied steps the outlier statistics are taken over
   double time_limit_minutes = 0.0;  // stop (with a checkpoint) before this much wall time; 0: none
 
   // Derived: micro-batches accumulated per step (per rank).

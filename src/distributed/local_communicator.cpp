@@ -3,6 +3,7 @@
 // multi-process one.
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
@@ -42,7 +43,7 @@ class LocalCommunicator final : public Communicator {
 
  private:
   static void copy(std::span<const float> input, std::span<float> output) {
-    if (input.data() != output.data()) std::copy_n(input.data(), input.size(), output.data());
+    if (!input.empty() && input.data() != output.data()) std::memmove(output.data(), input.data(), input.size_bytes());
   }
   static void check_root(int root) {
     if (root != 0) fail("broadcast: root {} is not a rank (world size 1)", root);

@@ -5,8 +5,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.hpp"
@@ -79,10 +84,19 @@ const MpiApi& load_mpi() {
   return api;
 }
 
-// Largest number of elements moved per rank and per MPI call. It bounds the
-// scratch memory (2 x world x this many elements) and keeps MPI's int counts
-// (in bytes) far from overflowing. Sums do not depend on it.
-constexpr size_t kSegmentBytes = size_t{64} << 20;
+// Bytes moved per MPI call at most (64 MiB; EMIX_COMM_SEGMENT_BYTES changes it,
+// for tests). It bounds the scratch memory (about 3 x this) and keeps MPI's int
+// counts (in bytes) far from overflowing. Sums do not depend on it.
+size_t segment_bytes_from_environment() {
+  const char* value = std::getenv("EMIX_COMM_SEGMENT_BYTES");
+  if (value == nullptr || *value == '\0') return size_t{64} << 20;
+  char* end = nullptr;
+  const unsigned long long bytes = std::strtoull(value, &end, 10);
+  if (end == value || *end != '\0' || bytes < 16 || bytes > (size_t{1} << 30)) {
+    fail("EMIX_COMM_SEGMENT_BYTES={} is not a byte count in [16, 2^30]", value);
+  }
+  return static_cast<size_t>(bytes);
+}
 
 class MpiCommunicator final : public Communicator {
  public:
@@ -97,9 +111,20 @@ class MpiCommunicator final : public Communicator {
     check(api_.Comm_rank(api_.comm_world, &rank_), "MPI_Comm_rank");
     check(api_.Comm_size(api_.comm_world, &world_), "MPI_Comm_size");
     local_rank_ = read_launch_environment().local_rank;
+    segment_bytes_ = segment_bytes_from_environment();
   }
 
+  // Destroyed while an exception unwinds the stack: this rank leaves the
+  // collectives, and MPI_Finalize would wait for ranks that are waiting for
+  // it; so the whole job is aborted instead. Catch errors before the
+  // communicator goes out of scope to print them first.
   ~MpiCommunicator() override {
+    if (std::uncaught_exceptions() > 0 && world_ > 1) {
+      std::fprintf(stderr, "emix: rank %d of %d: an exception escaped while the communicator was in use; aborting all ranks\n",
+                   rank_, world_);
+      std::fflush(stderr);
+      api_.Abort(api_.comm_world, 1);
+    }
     if (!owns_mpi_) return;
     int finalized = 0;
     api_.Finalized(&finalized);
@@ -157,8 +182,8 @@ class MpiCommunicator final : public Communicator {
 
   void broadcast_bytes(std::span<std::byte> data, int root) override {
     if (root < 0 || root >= world_) fail("broadcast: root {} is not a rank (world size {})", root, world_);
-    for (size_t begin = 0; begin < data.size(); begin += kSegmentBytes) {
-      const size_t length = std::min(kSegmentBytes, data.size() - begin);
+    for (size_t begin = 0; begin < data.size(); begin += segment_bytes_) {
+      const size_t length = std::min(segment_bytes_, data.size() - begin);
       check(api_.Bcast(data.data() + begin, static_cast<int>(length), api_.byte, root, api_.comm_world),
             "MPI_Bcast");
     }
@@ -181,7 +206,7 @@ class MpiCommunicator final : public Communicator {
  private:
   template <typename T>
   size_t segment_elements() const {
-    return std::max<size_t>(1, kSegmentBytes / sizeof(T) / static_cast<size_t>(world_));
+    return std::max<size_t>(1, segment_bytes_ / sizeof(T) / static_cast<size_t>(world_));
   }
 
   template <typename T>
@@ -262,6 +287,7 @@ class MpiCommunicator final : public Communicator {
   int world_ = 1;
   int local_rank_ = 0;
   bool owns_mpi_ = false;
+  size_t segment_bytes_ = 0;
   std::vector<std::byte> send_scratch_;
   std::vector<std::byte> recv_scratch_;
   std::vector<float> float_sum_;

@@ -137,10 +137,11 @@ StepRecord Trainer::train_step() {
       scheduled_lr(config_.schedule, record.step, config_.total_steps(), common_hyperparameters(config_.optimizer).lr));
   // A non-finite loss or gradient (a bad batch, an overflow) must not reach
   // the optimizer state, where it would never wash out: skip the update.
-  record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm);
+  record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm) || is_outlier(record);
   if (!record.skipped) {
     clip_to_norm(model_->grads(), record.grad_norm, t.grad_clip);
     optimizer_->step(model_->params(), model_->grads(), StepInfo{record.step, record.lr});
+    remember_applied(record);
   }
 
   windows_consumed_ += static_cast<uint64_t>(accumulation) * t.batch_size;
@@ -192,6 +193,36 @@ void Trainer::log_progress(const StepRecord& r, double step_seconds) {
                1000.0 * step_seconds, format_duration(seconds_per_step * static_cast<double>(total - r.step)));
 }
 
+namespace {
+// How many standard deviations `value` lies above the mean of `window`.
+double zscore(const std::deque<double>& window, double value) {
+  double mean = 0.0;
+  for (double v : window) mean += v;
+  mean /= static_cast<double>(window.size());
+  double variance = 0.0;
+  for (double v : window) variance += (v - mean) * (v - mean);
+  double sigma = std::sqrt(variance / static_cast<double>(window.size()));
+  return sigma > 0.0 ? (value - mean) / sigma : 0.0;
+}
+}  // namespace
+
+bool Trainer::is_outlier(const StepRecord& record) const {
+  const TrainingConfig& t = config_.training;
+  // Statistics over fewer than a full window are too noisy to act on.
+  if (t.outlier_zscore <= 0.0 || recent_losses_.size() < static_cast<size_t>(t.outlier_window)) return false;
+  return zscore(recent_losses_, record.loss) > t.outlier_zscore || zscore(recent_grad_norms_, record.grad_norm) > t.outlier_zscore;
+}
+
+void Trainer::remember_applied(const StepRecord& record) {
+  if (config_.training.outlier_zscore <= 0.0) return;
+  recent_losses_.push_back(record.loss);
+  recent_grad_norms_.push_back(record.grad_norm);
+  if (recent_losses_.size() > static_cast<size_t>(config_.training.outlier_window)) {
+    recent_losses_.pop_front();
+    recent_grad_norms_.pop_front();
+  }
+}
+
 void Trainer::count_skip(const StepRecord& record) {
   if (!record.skipped) {
     consecutive_skips_ = 0;
@@ -199,12 +230,13 @@ void Trainer::count_skip(const StepRecord& record) {
   }
   ++skipped_steps_;
   ++consecutive_skips_;
-  spdlog::warn("step {}: loss {}, gradient norm {}: update skipped ({} in a row, {} in all)", record.step, record.loss,
-               record.grad_norm, consecutive_skips_, skipped_steps_);
+  spdlog::warn("step {}: loss {}, gradient norm {}{}: update skipped ({} in a row, {} in all)", record.step, record.loss,
+               record.grad_norm, std::isfinite(record.loss) && std::isfinite(record.grad_norm) ? " (outlier)" : "",
+               consecutive_skips_, skipped_steps_);
   if (consecutive_skips_ >= config_.training.max_consecutive_skips) {
     // The parameters and optimizer state are those before the bad steps.
     fs::path path = save_checkpoint();
-    fail("stopping: {} consecutive steps had a non-finite loss or gradient norm (training.max_consecutive_skips); "
+    fail("stopping: {} consecutive steps had a non-finite or outlier loss or gradient norm (training.max_consecutive_skips); "
          "{} holds the state before them",
          consecutive_skips_, path.string());
   }
@@ -274,6 +306,8 @@ Json Trainer::run_state() const {
               {"tokens_seen", tokens_seen_},
               {"train_seconds", train_seconds_},
               {"skipped_steps", skipped_steps_},
+              {"recent_losses", recent_losses_},
+              {"recent_grad_norms", recent_grad_norms_},
               // The data order and initialization are pure functions of this
               // seed and the stream position: it is all the RNG state there is.
               {"rng", {{"seed", config_.training.seed}}},
@@ -323,6 +357,8 @@ void Trainer::restore(const Checkpoint& checkpoint) {
     tokens_seen_ = state.at("tokens_seen").get<int64_t>();
     train_seconds_ = state.at("train_seconds").get<double>();
     skipped_steps_ = state.at("skipped_steps").get<int64_t>();
+    recent_losses_ = state.at("recent_losses").get<std::deque<double>>();
+    recent_grad_norms_ = state.at("recent_grad_norms").get<std::deque<double>>();
   } catch (const Json::exception& e) {
     fail_file(checkpoint.path(), "malformed run state in the manifest: {}", e.what());
   }

@@ -4,6 +4,7 @@
 // clipping, evaluates, logs progress and metrics, writes checkpoints, and
 // resumes from them bit-exactly.
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -24,7 +25,7 @@ struct StepRecord {
   float loss = 0.0f;  // mean training loss of the step, before the update
   float lr = 0.0f;
   double grad_norm = 0.0;  // before clipping
-  bool skipped = false;    // non-finite loss or gradients: no update was applied
+  bool skipped = false;    // non-finite or outlier loss/gradients: no update was applied
 };
 
 class Trainer {
@@ -51,6 +52,10 @@ class Trainer {
  private:
   StepRecord train_step();
   void count_skip(const StepRecord& record);
+  // True when the loss or gradient norm is an outlier against the recent
+  // applied steps (training.outlier_zscore); records applied steps.
+  bool is_outlier(const StepRecord& record) const;
+  void remember_applied(const StepRecord& record);
   bool near_time_limit(double run_seconds) const;
   // A periodic checkpoint that fails is logged and training goes on: the
   // previous checkpoints are intact and the next interval tries again.
@@ -84,6 +89,8 @@ class Trainer {
   int64_t skipped_steps_ = 0;      // over all resumes
   int consecutive_skips_ = 0;
   double last_save_seconds_ = 0.0;
+  std::deque<double> recent_losses_;      // of applied steps, for outlier detection
+  std::deque<double> recent_grad_norms_;
 };
 
 }  // namespace emix

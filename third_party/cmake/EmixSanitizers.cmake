@@ -20,3 +20,13 @@ if(EMIX_SANITIZE)
   add_compile_options("$<$<COMPILE_LANGUAGE:CXX>:${_emix_sanitize_flags}>")
   add_link_options(${_emix_sanitize_flags})
 endif()
+
+# Fuzzing (tests/fuzz): clang only. The fuzz targets link -fsanitize=fuzzer;
+# everything else is instrumented for coverage with fuzzer-no-link.
+option(EMIX_FUZZ "Build the libFuzzer targets in tests/fuzz (needs clang)" OFF)
+if(EMIX_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "EMIX_FUZZ=ON needs clang++ as the C++ compiler (CMAKE_CXX_COMPILER=clang++)")
+  endif()
+  add_compile_options("$<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>")
+endif()

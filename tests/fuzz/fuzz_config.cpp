@@ -1,0 +1,6 @@
+// libFuzzer target: see fuzz_config in fuzz_entries.hpp for the input format.
+#include "fuzz_entries.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return emix::fuzz::fuzz_config(data, size);
+}
