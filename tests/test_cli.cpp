@@ -180,6 +180,12 @@ TEST_F(CliTest, SigkillAtRandomMomentsLosesNothingButTheCurrentSteps) {
   std::mt19937 random(2024);
   for (int attempt = 0; attempt < 6; ++attempt) {
     pid_t pid = start_training(config, log, /*resume=*/attempt > 0);
+    // The first kill waits for a first checkpoint (start-up takes longer on
+    // a loaded machine), so that the run makes progress whatever the load.
+    const fs::path checkpoints = dir_->path() / "killed" / "checkpoints";
+    for (int wait = 0; attempt == 0 && wait < 600 && !open_latest_checkpoint(checkpoints); ++wait) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + random() % 400));
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);

@@ -23,7 +23,7 @@ TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) {
   Trainer trainer(Config::from_json(test::tiny_run_config(dir, "ademamix", "run")));
   // A NaN in one parameter makes the loss and every gradient non-finite
   // (the output head is tied to wte) for two steps, then it is repaired.
-  float& poisoned = trainer.model().params()[trainer.model().layout().find("wte").offset + 7];
+  float& poisoned = trainer.backend().weights()[trainer.backend().layout().find("wte").offset + 7];
   const float original = poisoned;
   poisoned = NAN;
   trainer.run(2);
@@ -34,7 +34,7 @@ TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) {
   for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i < 2) << "step " << i + 1;
   // Had the bad gradients reached the optimizer, its state (and so every
   // later update) would be NaN.
-  for (float p : trainer.model().params()) ASSERT_TRUE(std::isfinite(p));
+  for (float p : trainer.backend().weights()) ASSERT_TRUE(std::isfinite(p));
   EXPECT_LT(history.back().loss, history[2].loss);
 }
 
@@ -48,9 +48,9 @@ TEST(Reliability, LossSpikesAreSkippedAsOutliers) {
   Trainer trainer(Config::from_json(json));
   trainer.run(30);
   // Blow up the output head for one step: a finite but huge loss spike.
-  auto params = trainer.model().params();
+  auto params = trainer.backend().weights();
   std::vector<float> saved(params.begin(), params.end());
-  const TensorInfo& wte = trainer.model().layout().find("wte");
+  const TensorInfo& wte = trainer.backend().layout().find("wte");
   for (size_t i = wte.offset; i < wte.offset + wte.count; ++i) params[i] *= 40.0f;
   trainer.run(31);
   std::copy(saved.begin(), saved.end(), params.begin());
@@ -67,7 +67,7 @@ TEST(Reliability, TooManyConsecutiveSkipsStopAfterACheckpoint) {
   json["training"]["max_consecutive_skips"] = 3;
   Config config = Config::from_json(json);
   Trainer trainer(config);
-  for (float& p : trainer.model().params()) p = NAN;  // every step is non-finite
+  for (float& p : trainer.backend().weights()) p = NAN;  // every step is non-finite
   try {
     trainer.run();
     FAIL() << "expected the run to stop";

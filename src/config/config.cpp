@@ -103,6 +103,16 @@ LoggingConfig read_logging(JsonObjectReader r) {
   return l;
 }
 
+CudaConfig read_cuda(JsonObjectReader r) {
+  CudaConfig c;
+  c.attention = r.get("attention", c.attention);
+  r.reject_unknown_keys();
+  if (c.attention != "cudnn" && c.attention != "reference") {
+    fail("config key 'cuda.attention' must be \"cudnn\" or \"reference\", got \"{}\"", c.attention);
+  }
+  return c;
+}
+
 Json read_optimizer(JsonObjectReader r, const Json& section) {
   std::string name = r.required<std::string>("name");
   const OptimizerSpec& spec = find_optimizer(name);
@@ -139,6 +149,7 @@ Config Config::from_json(const Json& json) {
   c.training = read_training(root.object("training"));
   c.checkpoint = read_checkpoint(root.object("checkpoint"));
   c.logging = read_logging(root.object("logging"));
+  c.cuda = read_cuda(root.object("cuda"));
   root.reject_unknown_keys();
   if (c.training.seq_len > c.model.block_size) {
     fail("training.seq_len ({}) exceeds model.block_size ({})", c.training.seq_len, c.model.block_size);
@@ -182,6 +193,7 @@ Json Config::to_json() const {
        {{"run_dir", logging.run_dir}, {"interval", logging.interval}, {"sample_tokens", logging.sample_tokens},
         {"sample_prompt", logging.sample_prompt}, {"sample_temperature", logging.sample_temperature},
         {"sample_top_k", logging.sample_top_k}}},
+      {"cuda", {{"attention", cuda.attention}}},
   };
 }
 

@@ -58,6 +58,11 @@ struct LoggingConfig {
   int sample_top_k = 40;
 };
 
+// Options of the CUDA backend (device "cuda"); ignored on the CPU.
+struct CudaConfig {
+  std::string attention = "cudnn";  // "cudnn" (flash attention) or "reference" (our own kernels)
+};
+
 struct Config {
   std::string description;
   std::string device = "cpu";
@@ -68,6 +73,7 @@ struct Config {
   TrainingConfig training;
   CheckpointConfig checkpoint;
   LoggingConfig logging;
+  CudaConfig cuda;
 
   // Parses and validates; throws an Error naming the bad key.
   static Config from_json(const Json& json);

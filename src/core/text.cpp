@@ -62,4 +62,14 @@ std::string format_count(double value) {
   return fmt::format("{:.2f}{}", value, suffixes[index]);
 }
 
+std::string format_bytes(double bytes) {
+  const char* suffixes[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int index = 0;
+  while (std::fabs(bytes) >= 1024.0 && index < 4) {
+    bytes /= 1024.0;
+    ++index;
+  }
+  return index == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, suffixes[index]);
+}
+
 }  // namespace emix

@@ -16,5 +16,7 @@ std::string format_duration(double seconds);
 
 // 1234567 -> "1.23M"; 4321 -> "4.32k".
 std::string format_count(double value);
+// 1536 → "1.50 KiB" (binary units, for memory).
+std::string format_bytes(double bytes);
 
 }  // namespace emix

@@ -180,23 +180,25 @@ Gpt2Cpu::Gpt2Cpu(const ModelConfig& config)
 
 Gpt2Cpu::~Gpt2Cpu() = default;
 
-void Gpt2Cpu::init_weights(uint64_t seed) {
-  const float residual_std = kInitStd / std::sqrt(2.0f * static_cast<float>(config_.n_layer));
-  std::fill(params_.begin(), params_.end(), 0.0f);
-  const auto& tensors = layout_.tensors();
+void init_gpt2_weights(std::span<float> params, const ModelConfig& config, const ParameterLayout& layout, uint64_t seed) {
+  const float residual_std = kInitStd / std::sqrt(2.0f * static_cast<float>(config.n_layer));
+  std::fill(params.begin(), params.end(), 0.0f);
+  const auto& tensors = layout.tensors();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorInfo& t = tensors[i];
-    float* data = params_.data() + t.offset;
+    float* data = params.data() + t.offset;
     if (t.name == "ln1w" || t.name == "ln2w" || t.name == "lnfw") {
       std::fill(data, data + t.count, 1.0f);
     } else if (t.weight_decay) {  // the matrices and embeddings; biases stay 0
       const int64_t cols = t.shape.back();
-      const int64_t rows = t.name == "wte" ? config_.vocab_size : static_cast<int64_t>(t.count) / cols;
+      const int64_t rows = t.name == "wte" ? config.vocab_size : static_cast<int64_t>(t.count) / cols;
       const bool residual_projection = t.name == "attprojw" || t.name == "fcprojw";
       fill_normal(data, rows, cols, residual_projection ? residual_std : kInitStd, seed, kInitStreams + i);
     }
   }
 }
+
+void Gpt2Cpu::init_weights(uint64_t seed) { init_gpt2_weights(params_, config_, layout_, seed); }
 
 const float* Gpt2Cpu::forward_blocks(std::span<const int32_t> inputs, int B, int T) {
   check_tokens(inputs, "inputs", B, T, config_);

@@ -13,6 +13,11 @@
 
 namespace emix {
 
+// GPT-2 initialization from `seed` into a buffer laid out as `layout`
+// (Gpt2Cpu::init_weights; the CUDA backend initializes through it too, so
+// both start from the same weights).
+void init_gpt2_weights(std::span<float> params, const ModelConfig& config, const ParameterLayout& layout, uint64_t seed);
+
 class Gpt2Cpu {
  public:
   explicit Gpt2Cpu(const ModelConfig& config);

@@ -40,8 +40,10 @@ Json to_json(const AdamwHyperparameters& hp) {
 
 class Adamw final : public ElementwiseOptimizer {
  public:
-  Adamw(const AdamwHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"m1", "nu"}), hp_(hp) {}
+  static constexpr std::string_view kName = "adamw";
+
+  Adamw(const AdamwHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"m1", "nu"}, placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
@@ -51,11 +53,18 @@ class Adamw final : public ElementwiseOptimizer {
                     [&](size_t i, const AdamwCoefficients& c) { adamw_update(params[i], grads[i], m1[i], nu[i], c); });
   }
 
+  // State order: m1, nu (cuda/adamw_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    update_elements_device(step, info, adamw_coefficients(hp_.beta1, hp_.beta2, hp_.eps, info),
+                           info.lr * hp_.weight_decay, {{buffer("m1"), buffer("nu")}});
+  }
+
  private:
   AdamwHyperparameters hp_;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<Adamw>("adamw",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<Adamw>(
     "Adam with decoupled weight decay (torch.optim.AdamW)",
     read_hyperparameters, to_json));
 

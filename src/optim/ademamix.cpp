@@ -74,8 +74,10 @@ std::vector<std::string> buffer_names(const AdemamixHyperparameters& hp) {
 
 class Ademamix final : public ElementwiseOptimizer {
  public:
-  Ademamix(const AdemamixHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), buffer_names(hp)), hp_(hp) {}
+  static constexpr std::string_view kName = "ademamix";
+
+  Ademamix(const AdemamixHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), buffer_names(hp), placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
@@ -85,6 +87,14 @@ class Ademamix final : public ElementwiseOptimizer {
     update_elements(coefficients(info), info.lr * hp_.weight_decay, [&](size_t i, const AdemamixCoefficients& c) {
       ademamix_update(params[i], grads[i], m1 == nullptr ? nullptr : m1 + i, m2[i], nu[i], c);
     });
+  }
+
+  // State order: m1 (null when β1 = 0), m2, nu (cuda/ademamix_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    float* m1 = hp_.beta1 == 0.0 ? nullptr : buffer("m1");
+    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay,
+                           {{m1, buffer("m2"), buffer("nu")}});
   }
 
  private:
@@ -105,7 +115,7 @@ class Ademamix final : public ElementwiseOptimizer {
   AdemamixHyperparameters hp_;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<Ademamix>("ademamix",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<Ademamix>(
     "AdEMAMix: Adam plus a slow gradient average mixed in with weight alpha (Pagliardini et al. 2024)",
     read_hyperparameters, to_json));
 

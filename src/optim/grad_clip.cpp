@@ -43,12 +43,20 @@ double sum_of_squares(std::span<const float> values) {
 
 double global_norm(std::span<const float> grads) { return std::sqrt(sum_of_squares(grads)); }
 
-float clip_to_norm(std::span<float> grads, double norm, double max_norm) {
+float clip_scale(double norm, double max_norm) {
   if (!(max_norm > 0.0) || !std::isfinite(norm) || norm <= max_norm) return 1.0f;
-  const auto scale = static_cast<float>(max_norm / norm);
-  const auto count = static_cast<int64_t>(grads.size());
+  return static_cast<float>(max_norm / norm);
+}
+
+void scale_in_place(std::span<float> x, float scale) {
+  const auto count = static_cast<int64_t>(x.size());
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < count; ++i) grads[static_cast<size_t>(i)] *= scale;
+  for (int64_t i = 0; i < count; ++i) x[static_cast<size_t>(i)] *= scale;
+}
+
+float clip_to_norm(std::span<float> grads, double norm, double max_norm) {
+  const float scale = clip_scale(norm, max_norm);
+  if (scale != 1.0f) scale_in_place(grads, scale);
   return scale;
 }
 

@@ -20,6 +20,14 @@ double global_norm(std::span<const float> grads);
 // Returns the factor applied (1 when none).
 float clip_to_norm(std::span<float> grads, double norm, double max_norm);
 
+// The factor clip_to_norm applies: max_norm/norm when norm > max_norm > 0
+// and norm is finite, else 1. Backends that scale inside the update (CUDA)
+// use it directly.
+float clip_scale(double norm, double max_norm);
+
+// x *= scale, elementwise, in parallel.
+void scale_in_place(std::span<float> x, float scale);
+
 // global_norm, then clip_to_norm; returns the norm before clipping.
 double clip_grad_norm(std::span<float> grads, double max_norm);
 

@@ -55,8 +55,10 @@ Json to_json(const LapropHyperparameters& hp) {
 
 class Laprop final : public ElementwiseOptimizer {
  public:
-  Laprop(const LapropHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"m", "nu"}), hp_(hp) {}
+  static constexpr std::string_view kName = "laprop";
+
+  Laprop(const LapropHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"m", "nu"}, placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
@@ -65,6 +67,13 @@ class Laprop final : public ElementwiseOptimizer {
     update_elements(coefficients(info), info.lr * hp_.weight_decay, [&](size_t i, const LapropCoefficients& c) {
       laprop_update(params[i], grads[i], m[i], nu[i], c);
     });
+  }
+
+  // State order: m, nu (cuda/laprop_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay,
+                           {{buffer("m"), buffer("nu")}});
   }
 
  private:
@@ -81,7 +90,7 @@ class Laprop final : public ElementwiseOptimizer {
   LapropHyperparameters hp_;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<Laprop>("laprop",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<Laprop>(
     "LaProp: momentum of the RMS-normalized gradient (Ziyin et al. 2020)",
     read_hyperparameters, to_json));
 

@@ -44,25 +44,37 @@ Json to_json(const LionHyperparameters& hp) {
 
 class Lion final : public ElementwiseOptimizer {
  public:
-  Lion(const LionHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"m"}), hp_(hp) {}
+  static constexpr std::string_view kName = "lion";
+
+  Lion(const LionHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"m"}, placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
     float* m = buffer("m");
+    update_elements(coefficients(info), info.lr * hp_.weight_decay,
+                    [&](size_t i, const LionCoefficients& k) { lion_update(params[i], grads[i], m[i], k); });
+  }
+
+  // State order: m (cuda/lion_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay, {{buffer("m")}});
+  }
+
+ private:
+  LionCoefficients coefficients(const StepInfo& info) const {
     LionCoefficients c;
     c.interpolation = ema_average(hp_.beta1);
     c.m = ema_average(hp_.beta2);
     c.lr = info.lr;
-    update_elements(c, info.lr * hp_.weight_decay,
-                    [&](size_t i, const LionCoefficients& k) { lion_update(params[i], grads[i], m[i], k); });
+    return c;
   }
 
- private:
   LionHyperparameters hp_;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<Lion>("lion",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<Lion>(
     "Lion: the sign of an interpolated momentum, with decoupled weight decay (Chen et al. 2023)",
     read_hyperparameters, to_json));
 

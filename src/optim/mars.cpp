@@ -72,8 +72,15 @@ Json to_json(const MarsHyperparameters& hp) {
 
 class Mars final : public ElementwiseOptimizer {
  public:
-  Mars(const MarsHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"m1", "nu", "g_prev"}), hp_(hp) {}
+  static constexpr std::string_view kName = "mars";
+
+  Mars(const MarsHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"m1", "nu", "g_prev"}, placement),
+        hp_(hp) {
+    if (placement == Placement::device && hp_.clip_corrected_gradient) {
+      norm_scratch_ = device::Allocation(device::kSumOfSquaresScratch * sizeof(double));
+    }
+  }
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
@@ -81,13 +88,23 @@ class Mars final : public ElementwiseOptimizer {
     float* nu = buffer("nu");
     float* g_prev = buffer("g_prev");
     MarsCoefficients c = coefficients(info);
-    if (hp_.clip_corrected_gradient) {
-      double norm = corrected_norm(grads, g_prev, c.correction);
-      if (norm > 1.0) c.clip_scale = static_cast<float>(1.0 / norm);
-    }
+    if (hp_.clip_corrected_gradient) clip(c, corrected_norm(grads, g_prev, c.correction));
     update_elements(c, info.lr * hp_.weight_decay, [&](size_t i, const MarsCoefficients& k) {
       mars_update(params[i], grads[i], g_prev[i], m1[i], nu[i], k);
     });
+  }
+
+  // State order: m1, nu, g_prev (cuda/mars_update.cu). The norm is a pass of
+  // its own before the update, and the host waits for it.
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    float* g_prev = buffer("g_prev");
+    MarsCoefficients c = coefficients(info);
+    if (hp_.clip_corrected_gradient) {
+      auto* sum_of_squares = device_pass<device::SumOfSquaresFunction>("corrected_sum_of_squares");
+      clip(c, std::sqrt(sum_of_squares(g_prev, step, c.correction, size(), norm_scratch_.as<double>())));
+    }
+    update_elements_device(step, info, c, info.lr * hp_.weight_decay, {{buffer("m1"), buffer("nu"), g_prev}});
   }
 
  private:
@@ -96,6 +113,11 @@ class Mars final : public ElementwiseOptimizer {
     static_cast<AdamwCoefficients&>(c) = adamw_coefficients(hp_.beta1, hp_.beta2, hp_.eps, info);
     c.correction = info.step == 1 ? 0.0f : static_cast<float>(hp_.gamma * hp_.beta1 / (1.0 - hp_.beta1));
     return c;
+  }
+
+  // c ← c/‖c‖ where ‖c‖ > 1.
+  static void clip(MarsCoefficients& c, double norm) {
+    if (norm > 1.0) c.clip_scale = static_cast<float>(1.0 / norm);
   }
 
   // ‖c‖ over the whole range: each block summed in order in double, then the
@@ -123,9 +145,10 @@ class Mars final : public ElementwiseOptimizer {
   static constexpr size_t kNormBlock = size_t{1} << 14;
 
   MarsHyperparameters hp_;
+  device::Allocation norm_scratch_;  // device placement with clipping only
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<Mars>("mars",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<Mars>(
     "MARS-AdamW: AdamW on a variance-reduced gradient g + γ·β1/(1−β1)·(g − g_prev) (Yuan et al. 2024)",
     read_hyperparameters, to_json));
 

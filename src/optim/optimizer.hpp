@@ -7,6 +7,13 @@
 // each, and exposes them by name for checkpoints and sharding. Adding an
 // optimizer is one .cpp file that implements this interface and registers
 // itself with EMIX_REGISTER_OPTIMIZER; no other code changes.
+//
+// Placement: an optimizer lives on the host (fp32 parameters and gradients
+// in host memory, step()) or on the CUDA device (bf16 mixed precision,
+// step_device(): fp32 master weights and fp32 state in device memory, bf16
+// gradients in, bf16 model weights out). The per-element math is the same
+// header for both (src/optim/math/), and so are the state buffers' names
+// and order: checkpoints move between the two.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -17,6 +24,7 @@
 #include <vector>
 
 #include "config/json_reader.hpp"
+#include "optim/device_step.hpp"
 
 namespace emix {
 
@@ -42,12 +50,28 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
 
-  // One update: params and grads span the optimizer's range (size() elements).
+  // The registered name ("adamw", ...).
+  virtual std::string_view name() const = 0;
+  virtual Placement placement() const { return Placement::host; }
+
+  // One update on the host: params and grads span the optimizer's range
+  // (size() elements). Throws std::logic_error on device placement.
   virtual void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) = 0;
+  // One update on the device (device placement only): the same math as
+  // step() on grads·grad_scale, then params_bf16 rounded from the master
+  // weights. The default throws emix::Error "<name> has no CUDA update".
+  virtual void step_device(const DeviceStep& step, const StepInfo& info);
 
   virtual size_t size() const = 0;
-  // Every per-parameter buffer, for checkpoints; their contents are the state.
+  // Every per-parameter buffer, for checkpoints; their contents are the
+  // state. On device placement these are host mirrors of the device state:
+  // call copy_state_to_host() before reading them, and copy_state_to_device()
+  // after writing them (loading a checkpoint).
   virtual std::vector<StateBuffer> state_buffers() = 0;
+  // Device state → the mirrors state_buffers() exposes, and back; both wait
+  // for the device and are no-ops on host placement.
+  virtual void copy_state_to_host() {}
+  virtual void copy_state_to_device() {}
   // State that is not per-parameter (running scalars), as JSON; default none.
   virtual Json scalar_state() const { return Json::object(); }
   virtual void load_scalar_state(const Json& state);
@@ -84,6 +108,12 @@ class Optimizer {
   // training, and checkpoints hold y as "params" plus x as "eval_params".
   virtual bool has_eval_params() const { return false; }
   virtual void to_train_params(std::span<float> params) { (void)params; }
+  // The same two conversions on device placement: they convert
+  // step.master in place and rewrite step.params_bf16 from it by
+  // round-to-nearest-even (grads, grad_scale and rounding_seed are unused).
+  // No-ops for optimizers without eval params.
+  virtual void to_eval_params_device(const DeviceStep& step) { (void)step; }
+  virtual void to_train_params_device(const DeviceStep& step) { (void)step; }
 };
 
 // Hyperparameters every optimizer has, read by the trainer: the peak
@@ -101,10 +131,17 @@ struct OptimizerSpec {
   // emix::Error naming the bad key.
   std::function<Json(const Json& hyperparameters)> normalize;
   // Builds the optimizer over `size` parameters; `hyperparameters` is the
-  // output of normalize. State buffers start at zero.
+  // output of normalize. State buffers start at zero. Device placement
+  // allocates them on the current CUDA device, and throws emix::Error "this
+  // build has no CUDA backend" in a build without one.
   std::function<std::unique_ptr<Optimizer>(const Json& hyperparameters, size_t size,
-                                            std::vector<ParamSegment> segments)>
-      create;
+                                            std::vector<ParamSegment> segments, Placement placement)>
+      build;
+
+  std::unique_ptr<Optimizer> create(const Json& hyperparameters, size_t size, std::vector<ParamSegment> segments,
+                                    Placement placement = Placement::host) const {
+    return build(hyperparameters, size, std::move(segments), placement);
+  }
 };
 
 bool register_optimizer(OptimizerSpec spec);

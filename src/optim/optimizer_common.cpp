@@ -67,27 +67,65 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
   return beta_of_half_life((1.0 - a) * half_life(start) + a * half_life(end));
 }
 
-ElementwiseOptimizer::ElementwiseOptimizer(size_t size, std::vector<ParamSegment> segments,
-                                           std::vector<std::string> buffer_names)
-    : size_(size), segments_(std::move(segments)), buffer_names_(std::move(buffer_names)) {
+ElementwiseOptimizer::ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
+                                           std::vector<std::string> buffer_names, Placement placement)
+    : name_(std::move(name)),
+      size_(size),
+      segments_(std::move(segments)),
+      buffer_names_(std::move(buffer_names)),
+      placement_(placement) {
   check_segments(segments_, size_);
+  for (size_t i = 0; i < buffer_names_.size(); ++i) {
+    if (placement_ == Placement::host) {
+      buffers_.emplace_back(size_, 0.0f);
+    } else {
+      device_buffers_.emplace_back(size_ * sizeof(float));
+    }
+  }
+}
+
+void ElementwiseOptimizer::allocate_mirrors() {
+  if (buffers_.size() == buffer_names_.size()) return;
   for (size_t i = 0; i < buffer_names_.size(); ++i) buffers_.emplace_back(size_, 0.0f);
 }
 
 std::vector<StateBuffer> ElementwiseOptimizer::state_buffers() {
+  allocate_mirrors();
   std::vector<StateBuffer> result;
   for (size_t i = 0; i < buffers_.size(); ++i) result.push_back(StateBuffer{buffer_names_[i], buffers_[i]});
   return result;
 }
 
+void ElementwiseOptimizer::copy_state_to_host() {
+  if (placement_ == Placement::host) return;
+  allocate_mirrors();
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    device::memory_ops().copy_to_host(buffers_[i].data(), device_buffers_[i].get(), size_ * sizeof(float));
+  }
+}
+
+void ElementwiseOptimizer::copy_state_to_device() {
+  if (placement_ == Placement::host) return;
+  // Mirrors never exposed hold nothing newer than the device state.
+  if (buffers_.empty()) return;
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    device::memory_ops().copy_to_device(device_buffers_[i].get(), buffers_[i].data(), size_ * sizeof(float));
+  }
+}
+
 float* ElementwiseOptimizer::buffer(std::string_view name) {
   auto it = std::find(buffer_names_.begin(), buffer_names_.end(), name);
   if (it == buffer_names_.end()) throw std::logic_error(fmt::format("optimizer has no state buffer '{}'", name));
-  return buffers_[static_cast<size_t>(it - buffer_names_.begin())].data();
+  const auto index = static_cast<size_t>(it - buffer_names_.begin());
+  if (placement_ == Placement::device) return device_buffers_[index].as<float>();
+  return buffers_[index].data();
 }
 
 void ElementwiseOptimizer::check_step(std::span<float> params, std::span<const float> grads,
                                       const StepInfo& info) const {
+  if (placement_ != Placement::host) {
+    throw std::logic_error(fmt::format("{}: step() on an optimizer placed on the device; use step_device", name_));
+  }
   if (params.size() != size_ || grads.size() != size_) {
     throw std::logic_error(fmt::format("optimizer over {} parameters was given {} parameters and {} gradients",
                                        size_, params.size(), grads.size()));
@@ -95,5 +133,22 @@ void ElementwiseOptimizer::check_step(std::span<float> params, std::span<const f
   // Bias corrections are 1 − βᵗ: step 0 would divide by zero.
   if (info.step < 1) throw std::logic_error(fmt::format("optimizer steps count from 1, got {}", info.step));
 }
+
+void ElementwiseOptimizer::check_device_step(const DeviceStep& step, const StepInfo& info) const {
+  check_device_conversion(step);
+  if (step.grads == nullptr) throw std::logic_error(fmt::format("{}: step_device without gradients", name_));
+  if (info.step < 1) throw std::logic_error(fmt::format("optimizer steps count from 1, got {}", info.step));
+}
+
+void ElementwiseOptimizer::check_device_conversion(const DeviceStep& step) const {
+  if (placement_ != Placement::device) {
+    throw std::logic_error(fmt::format("{}: a device update on an optimizer placed on the host; use step", name_));
+  }
+  if (step.master == nullptr || step.params_bf16 == nullptr) {
+    throw std::logic_error(fmt::format("{}: a device update needs master weights and bf16 parameters", name_));
+  }
+}
+
+void ElementwiseOptimizer::fail_no_device_update() const { fail("{} has no CUDA update", name_); }
 
 }  // namespace emix

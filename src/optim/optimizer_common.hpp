@@ -1,8 +1,9 @@
 #pragma once
 // Host-side pieces shared by the elementwise optimizers: reading their
 // hyperparameters with range checks, the warmups of the AdEMAMix family's
-// hyperparameters, and a base class that owns the state buffers and runs an
-// update over the weight-decay segments.
+// hyperparameters, and a base class that owns the state buffers (in host or
+// device memory) and runs an update over the weight-decay segments, on the
+// host or through the optimizer's registered CUDA update.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -13,6 +14,8 @@
 #include <vector>
 
 #include "config/json_reader.hpp"
+#include "kernels/bf16_rounding.hpp"
+#include "optim/device_backend.hpp"
 #include "optim/optimizer.hpp"
 
 namespace emix {
@@ -60,17 +63,29 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
 
 // An optimizer whose update is elementwise: it owns named state buffers of
 // size() zero-initialized floats each, and applies weight decay per segment.
+// On device placement the buffers are device memory, with host mirrors for
+// state_buffers() allocated when first needed.
 class ElementwiseOptimizer : public Optimizer {
  public:
+  std::string_view name() const override { return name_; }
+  Placement placement() const override { return placement_; }
   size_t size() const override { return size_; }
   std::vector<StateBuffer> state_buffers() override;
+  void copy_state_to_host() override;
+  void copy_state_to_device() override;
 
  protected:
-  ElementwiseOptimizer(size_t size, std::vector<ParamSegment> segments, std::vector<std::string> buffer_names);
+  ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
+                       std::vector<std::string> buffer_names, Placement placement);
 
+  // The named buffer where the optimizer keeps its state: host memory, or
+  // device memory on device placement.
   float* buffer(std::string_view name);
-  // Throws std::logic_error when a step's arguments do not fit the optimizer.
+  // Throw std::logic_error when a step's arguments do not fit the optimizer
+  // or its placement.
   void check_step(std::span<float> params, std::span<const float> grads, const StepInfo& info) const;
+  void check_device_step(const DeviceStep& step, const StepInfo& info) const;
+  void check_device_conversion(const DeviceStep& step) const;
 
   // Calls update(i, c) for every element i, where c is `coefficients` with
   // its lr_weight_decay set to `lr_weight_decay` on weight-decay segments and
@@ -79,7 +94,7 @@ class ElementwiseOptimizer : public Optimizer {
   template <typename Coefficients, typename Update>
   void update_elements(Coefficients coefficients, double lr_weight_decay, const Update& update) const {
     for (const ParamSegment& segment : segments_) {
-      coefficients.lr_weight_decay = static_cast<float>(segment.weight_decay ? lr_weight_decay : 0.0);
+      coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
       const auto begin = static_cast<int64_t>(segment.offset);
       const auto end = begin + static_cast<int64_t>(segment.count);
 #pragma omp parallel for schedule(static) if (segment.count >= kMinParallelElements)
@@ -87,29 +102,66 @@ class ElementwiseOptimizer : public Optimizer {
     }
   }
 
+  // The device counterpart: one launch of the fused update registered under
+  // name() per segment, with the same per-segment coefficients.
+  template <typename Coefficients>
+  void update_elements_device(const DeviceStep& step, const StepInfo& info, Coefficients coefficients,
+                              double lr_weight_decay, const device::StateBuffers& state) const {
+    auto* update = device::find_function<device::UpdateFunction<Coefficients>>(name_);
+    if (update == nullptr) fail_no_device_update();
+    const uint64_t key = rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
+    for (const ParamSegment& segment : segments_) {
+      if (segment.count == 0) continue;
+      coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
+      update(coefficients, state, step, key, segment.offset, segment.count);
+    }
+  }
+
+  // A registered device pass "<name>.<pass>" of type Function; throws
+  // "<name> has no CUDA update" when it is missing.
+  template <typename Function>
+  Function* device_pass(std::string_view pass) const {
+    auto* function = device::find_function<Function>(name_ + "." + std::string(pass));
+    if (function == nullptr) fail_no_device_update();
+    return function;
+  }
+
  private:
+  static float segment_lr_weight_decay(const ParamSegment& segment, double lr_weight_decay) {
+    return static_cast<float>(segment.weight_decay ? lr_weight_decay : 0.0);
+  }
+  [[noreturn]] void fail_no_device_update() const;
+  void allocate_mirrors();
+
   // Below this, waking the thread team costs more than the update itself
   // (a model has many small bias and LayerNorm segments).
   static constexpr size_t kMinParallelElements = size_t{1} << 14;
 
+  std::string name_;
   size_t size_;
   std::vector<ParamSegment> segments_;
   std::vector<std::string> buffer_names_;
+  Placement placement_;
+  // Host placement: the state. Device placement: the mirrors, empty until
+  // state_buffers() or copy_state_to_host() first needs them.
   std::vector<std::vector<float>> buffers_;
+  std::vector<device::Allocation> device_buffers_;  // device placement only
 };
 
 // The registry entry of an optimizer class constructed from (hyperparameters,
-// size, segments), given the functions that read its hyperparameters from
+// size, segments, placement), given the functions that read its hyperparameters from
 // JSON (validating them and filling defaults) and write them back.
+// The class names itself: OptimizerType::kName.
 template <typename OptimizerType, typename Hyperparameters>
-OptimizerSpec optimizer_spec(std::string name, std::string description, Hyperparameters (*read)(const Json&),
+OptimizerSpec optimizer_spec(std::string description, Hyperparameters (*read)(const Json&),
                              Json (*write)(const Hyperparameters&)) {
   return OptimizerSpec{
-      .name = std::move(name),
+      .name = std::string(OptimizerType::kName),
       .description = std::move(description),
       .normalize = [read, write](const Json& json) { return write(read(json)); },
-      .create = [read](const Json& json, size_t size, std::vector<ParamSegment> segments) -> std::unique_ptr<Optimizer> {
-        return std::make_unique<OptimizerType>(read(json), size, std::move(segments));
+      .build = [read](const Json& json, size_t size, std::vector<ParamSegment> segments,
+                      Placement placement) -> std::unique_ptr<Optimizer> {
+        return std::make_unique<OptimizerType>(read(json), size, std::move(segments), placement);
       },
   };
 }

@@ -18,6 +18,12 @@ std::map<std::string, OptimizerSpec, std::less<>>& registry() {
 }
 }  // namespace
 
+void Optimizer::step_device(const DeviceStep& step, const StepInfo& info) {
+  (void)step;
+  (void)info;
+  fail("{} has no CUDA update", name());
+}
+
 void Optimizer::load_scalar_state(const Json& state) {
   if (!state.empty()) fail("this optimizer has no scalar state, but the checkpoint holds {}", state.dump());
 }

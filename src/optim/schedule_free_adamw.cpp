@@ -92,14 +92,15 @@ Json to_json(const ScheduleFreeHyperparameters& hp) {
 
 class ScheduleFreeAdamw final : public ElementwiseOptimizer {
  public:
-  ScheduleFreeAdamw(const ScheduleFreeHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"z", "nu"}), hp_(hp) {}
+  static constexpr std::string_view kName = "schedule_free_adamw";
+
+  ScheduleFreeAdamw(const ScheduleFreeHyperparameters& hp, size_t size, std::vector<ParamSegment> segments,
+                    Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"z", "nu"}, placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
-    if (eval_mode_) {
-      throw std::logic_error("schedule_free_adamw: step() while the parameters hold x; call to_train_params first");
-    }
+    check_train_mode();
     float* z = buffer("z");
     float* nu = buffer("nu");
     if (steps_ == 0) std::copy(params.begin(), params.end(), z);  // z_1 = x_1 = y_1
@@ -110,17 +111,39 @@ class ScheduleFreeAdamw final : public ElementwiseOptimizer {
                     });
   }
 
+  // State order: z, nu (cuda/schedule_free_adamw_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    check_train_mode();
+    float* z = buffer("z");
+    if (steps_ == 0) device::memory_ops().copy_on_stream(z, step.master, size() * sizeof(float), step.stream);
+    const double lr = scheduled_lr(info);
+    update_elements_device(step, info, coefficients(info, lr), lr * hp_.weight_decay, {{z, buffer("nu")}});
+  }
+
   bool has_eval_params() const override { return true; }
 
   void to_eval_params(std::span<float> params) override {
     if (eval_mode_) return;
-    convert(params, static_cast<float>(1.0 - 1.0 / hp_.beta1));
+    convert(params, eval_weight());
     eval_mode_ = true;
   }
 
   void to_train_params(std::span<float> params) override {
     if (!eval_mode_) return;
-    convert(params, static_cast<float>(1.0 - hp_.beta1));
+    convert(params, train_weight());
+    eval_mode_ = false;
+  }
+
+  void to_eval_params_device(const DeviceStep& step) override {
+    if (eval_mode_) return;
+    convert_device(step, eval_weight());
+    eval_mode_ = true;
+  }
+
+  void to_train_params_device(const DeviceStep& step) override {
+    if (!eval_mode_) return;
+    convert_device(step, train_weight());
     eval_mode_ = false;
   }
 
@@ -172,6 +195,16 @@ class ScheduleFreeAdamw final : public ElementwiseOptimizer {
     return c;
   }
 
+  void check_train_mode() const {
+    if (eval_mode_) {
+      throw std::logic_error("schedule_free_adamw: step while the parameters hold x; call to_train_params first");
+    }
+  }
+
+  // The weights of schedule_free_convert: y → x and x → y.
+  float eval_weight() const { return static_cast<float>(1.0 - 1.0 / hp_.beta1); }
+  float train_weight() const { return static_cast<float>(1.0 - hp_.beta1); }
+
   // params[i] ← params[i] + weight·(z[i] − params[i]). Before the first step
   // z is not set yet, and x = y = z anyway.
   void convert(std::span<float> params, float weight) {
@@ -186,6 +219,12 @@ class ScheduleFreeAdamw final : public ElementwiseOptimizer {
     for (int64_t i = 0; i < n; ++i) params[i] = schedule_free_convert(params[i], z[i], weight);
   }
 
+  void convert_device(const DeviceStep& step, float weight) {
+    check_device_conversion(step);
+    if (steps_ == 0) return;
+    device_pass<device::ConvertFunction>("convert")(buffer("z"), step, weight, size());
+  }
+
   ScheduleFreeHyperparameters hp_;
   int64_t steps_ = 0;
   double weight_sum_ = 0.0;
@@ -193,7 +232,7 @@ class ScheduleFreeAdamw final : public ElementwiseOptimizer {
   bool eval_mode_ = false;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<ScheduleFreeAdamw>("schedule_free_adamw",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<ScheduleFreeAdamw>(
     "Schedule-Free AdamW: no lr schedule; trains at y, evaluates at the average x (Defazio et al. 2024)",
     read_hyperparameters, to_json));
 

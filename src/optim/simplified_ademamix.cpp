@@ -66,8 +66,11 @@ Json to_json(const SimplifiedAdemamixHyperparameters& hp) {
 
 class SimplifiedAdemamix final : public ElementwiseOptimizer {
  public:
-  SimplifiedAdemamix(const SimplifiedAdemamixHyperparameters& hp, size_t size, std::vector<ParamSegment> segments)
-      : ElementwiseOptimizer(size, std::move(segments), {"m", "nu"}), hp_(hp) {}
+  static constexpr std::string_view kName = "simplified_ademamix";
+
+  SimplifiedAdemamix(const SimplifiedAdemamixHyperparameters& hp, size_t size, std::vector<ParamSegment> segments,
+                     Placement placement)
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), {"m", "nu"}, placement), hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
@@ -77,6 +80,13 @@ class SimplifiedAdemamix final : public ElementwiseOptimizer {
                     [&](size_t i, const SimplifiedAdemamixCoefficients& c) {
                       simplified_ademamix_update(params[i], grads[i], m[i], nu[i], c);
                     });
+  }
+
+  // State order: m, nu (cuda/simplified_ademamix_update.cu).
+  void step_device(const DeviceStep& step, const StepInfo& info) override {
+    check_device_step(step, info);
+    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay,
+                           {{buffer("m"), buffer("nu")}});
   }
 
   // n and d sum over the history of β1(t) and β2; they are saved rather than
@@ -116,7 +126,7 @@ class SimplifiedAdemamix final : public ElementwiseOptimizer {
   double d_ = 0.0;
 };
 
-EMIX_REGISTER_OPTIMIZER(optimizer_spec<SimplifiedAdemamix>("simplified_ademamix",
+EMIX_REGISTER_OPTIMIZER(optimizer_spec<SimplifiedAdemamix>(
     "Simplified-AdEMAMix: one momentum accumulator plus alpha times the gradient (Morwani et al. 2025)",
     read_hyperparameters, to_json));
 

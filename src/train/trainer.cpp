@@ -34,10 +34,11 @@ std::vector<ParamSegment> decay_segments(const ParameterLayout& layout) {
   return segments;
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const Json& section, size_t size, std::vector<ParamSegment> segments) {
+std::unique_ptr<Optimizer> make_optimizer(const Json& section, size_t size, std::vector<ParamSegment> segments,
+                                          Placement placement) {
   Json hyperparameters = section;
   hyperparameters.erase("name");
-  return find_optimizer(section.at("name").get<std::string>()).create(hyperparameters, size, std::move(segments));
+  return find_optimizer(section.at("name").get<std::string>()).create(hyperparameters, size, std::move(segments), placement);
 }
 
 // A warning when the disk holding `dir` has less room than the checkpoint
@@ -70,14 +71,10 @@ std::string describe_differences(const Json& before, const Json& after) {
 }  // namespace
 
 Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(config)) {
-  if (config_.device != "cpu") {
-    fail("device \"{}\" is not available in this build: only the CPU backend is implemented so far (set \"device\": \"cpu\")",
-         config_.device);
-  }
   if (config_.training.threads > 0) omp_set_num_threads(config_.training.threads);
-  model_ = std::make_unique<Gpt2Cpu>(config_.model);
-  const ParameterLayout& layout = model_->layout();
-  optimizer_ = make_optimizer(config_.optimizer, layout.num_parameters(), decay_segments(layout));
+  backend_ = make_backend(config_);
+  const ParameterLayout& layout = backend_->layout();
+  optimizer_ = make_optimizer(config_.optimizer, layout.num_parameters(), decay_segments(layout), backend_->placement());
 
   const TrainingConfig& t = config_.training;
   train_data_ = std::make_unique<TokenDataset>(config_.data.train_shards, t.seq_len, config_.model.vocab_size);
@@ -92,7 +89,7 @@ Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(co
   if (resume != nullptr) {
     restore(*resume);
   } else {
-    model_->init_weights(t.seed);
+    backend_->init_weights(t.seed);
   }
   fs::create_directories(config_.run_dir());
   write_text_file_atomic(config_.run_dir() / "config.json", config_.to_json().dump(2) + "\n");
@@ -107,9 +104,10 @@ Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(co
   spdlog::info("model: GPT-2, {} layers, {} channels, {} heads, vocab {} (padded {}), {} parameters",
                config_.model.n_layer, config_.model.n_embd, config_.model.n_head, config_.model.vocab_size,
                config_.model.padded_vocab_size, format_count(static_cast<double>(layout.num_parameters())));
-  spdlog::info("optimizer: {} (state: {}; {:.1f} bytes/parameter), {} threads", config_.optimizer.at("name").get<std::string>(),
+  spdlog::info("optimizer: {} (state: {}; {:.1f} bytes/parameter)", config_.optimizer.at("name").get<std::string>(),
                state_names.empty() ? "none" : state_names,
-               4.0 * static_cast<double>(state_floats) / static_cast<double>(layout.num_parameters()), omp_get_max_threads());
+               4.0 * static_cast<double>(state_floats) / static_cast<double>(layout.num_parameters()));
+  for (const std::string& line : backend_->describe(t.batch_size, t.seq_len)) spdlog::info("{}", line);
   spdlog::info("data: {} train tokens in {} shard(s){}; batch {} × {} tokens × {} accumulation = {} tokens/step; {} steps",
                format_count(static_cast<double>(train_data_->num_tokens())), train_data_->num_shards(),
                val_data_ ? fmt::format(", {} validation tokens", format_count(static_cast<double>(val_data_->num_tokens()))) : "",
@@ -121,26 +119,24 @@ Trainer::~Trainer() = default;
 StepRecord Trainer::train_step() {
   const TrainingConfig& t = config_.training;
   const int accumulation = t.accumulation_steps();
-  model_->zero_grad();
+  backend_->zero_grad();
   double loss_sum = 0.0;
   for (int micro = 0; micro < accumulation; ++micro) {
     train_stream_->read(micro_batch_start(windows_consumed_, 0, micro, accumulation, t.batch_size), t.batch_size, inputs_,
                         targets_);
-    loss_sum += model_->forward(inputs_, targets_, t.batch_size, t.seq_len);
-    model_->backward(1.0f / static_cast<float>(accumulation));
+    loss_sum += backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(accumulation));
   }
   StepRecord record;
   record.step = step_ + 1;
   record.loss = static_cast<float>(loss_sum / accumulation);
-  record.grad_norm = global_norm(model_->grads());
+  record.grad_norm = backend_->grad_norm();
   record.lr = static_cast<float>(
       scheduled_lr(config_.schedule, record.step, config_.total_steps(), common_hyperparameters(config_.optimizer).lr));
   // A non-finite loss or gradient (a bad batch, an overflow) must not reach
   // the optimizer state, where it would never wash out: skip the update.
   record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm) || is_outlier(record);
   if (!record.skipped) {
-    clip_to_norm(model_->grads(), record.grad_norm, t.grad_clip);
-    optimizer_->step(model_->params(), model_->grads(), StepInfo{record.step, record.lr});
+    backend_->step(*optimizer_, StepInfo{record.step, record.lr}, clip_scale(record.grad_norm, t.grad_clip));
     remember_applied(record);
   }
 
@@ -155,12 +151,14 @@ void Trainer::with_eval_params(const std::function<void()>& body) {
     body();
     return;
   }
-  std::span<float> params = model_->params();
+  std::span<const float> params = backend_->weights();
   std::vector<float> train_params(params.begin(), params.end());
-  optimizer_->to_eval_params(params);
+  backend_->to_eval_params(*optimizer_);
   body();
-  optimizer_->to_train_params(params);
-  std::copy(train_params.begin(), train_params.end(), params.begin());
+  backend_->to_train_params(*optimizer_);
+  std::span<float> restored = backend_->weights();
+  std::copy(train_params.begin(), train_params.end(), restored.begin());
+  backend_->weights_changed(step_);
 }
 
 float Trainer::evaluate() {
@@ -179,7 +177,7 @@ float Trainer::mean_validation_loss() {
   double sum = 0.0;
   for (uint64_t i = 0; i < batches; ++i) {
     val_stream_->read(i * static_cast<uint64_t>(t.batch_size), t.batch_size, inputs_, targets_);
-    sum += model_->forward(inputs_, targets_, t.batch_size, t.seq_len);
+    sum += backend_->forward(inputs_, targets_, t.batch_size, t.seq_len);
   }
   return static_cast<float>(sum / static_cast<double>(batches));
 }
@@ -317,11 +315,15 @@ Json Trainer::run_state() const {
 
 fs::path Trainer::save_checkpoint() {
   auto start = Clock::now();
-  std::vector<TensorRef> tensors = {TensorRef{"params", model_->params(), 0}};
+  std::vector<TensorRef> tensors = {TensorRef{"params", backend_->weights(), 0}};
+  backend_->pull_optimizer_state(*optimizer_);
   for (const auto& buffer : optimizer_->state_buffers()) tensors.push_back(TensorRef{"optimizer." + buffer.name, buffer.data, 0});
   std::vector<float> eval_params;
   if (optimizer_->has_eval_params()) {
-    with_eval_params([&] { eval_params.assign(model_->params().begin(), model_->params().end()); });
+    with_eval_params([&] {
+      std::span<const float> x = backend_->weights();
+      eval_params.assign(x.begin(), x.end());
+    });
     tensors.push_back(TensorRef{"eval_params", eval_params, 0});
   }
   warn_if_disk_is_short(config_.checkpoint_dir(), tensors);
@@ -349,8 +351,11 @@ void Trainer::restore(const Checkpoint& checkpoint) {
                 state.at("optimizer").at("name").get<std::string>(), config_.optimizer.at("name").get<std::string>());
     }
     if (saved_config != current) spdlog::warn("resuming with a config that differs from the checkpoint's:{}", describe_differences(saved_config, current));
-    checkpoint.read_tensor("params", model_->params());
+    checkpoint.read_tensor("params", backend_->weights());
+    backend_->weights_changed(state.at("step").get<int64_t>());
+    backend_->pull_optimizer_state(*optimizer_);
     for (const auto& buffer : optimizer_->state_buffers()) checkpoint.read_tensor("optimizer." + buffer.name, buffer.data);
+    backend_->push_optimizer_state(*optimizer_);
     optimizer_->load_scalar_state(state.at("optimizer").at("scalar_state"));
     step_ = state.at("step").get<int64_t>();
     windows_consumed_ = state.at("windows_consumed").get<uint64_t>();
@@ -383,7 +388,7 @@ void Trainer::write_sample() {
   options.top_k = l.sample_top_k;
   options.seed = config_.training.seed;
   std::vector<int32_t> tokens;
-  with_eval_params([&] { tokens = generate(*model_, prompt, options); });
+  with_eval_params([&] { tokens = generate(backend_->sampling_model(), prompt, options); });
   std::span<const int32_t> continuation(tokens.data() + prompt.size(), tokens.size() - prompt.size());
   spdlog::info("sample ({} tokens, temperature {}, top-k {}):\n{}{}", continuation.size(), l.sample_temperature, l.sample_top_k,
                l.sample_prompt, tokenizer->decode(continuation));

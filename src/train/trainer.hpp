@@ -15,8 +15,8 @@
 #include "checkpoint/checkpoint.hpp"
 #include "config/config.hpp"
 #include "data/loader.hpp"
-#include "model/gpt2_cpu.hpp"
 #include "optim/optimizer.hpp"
+#include "train/backend.hpp"
 
 namespace emix {
 
@@ -43,7 +43,7 @@ class Trainer {
 
   int64_t step() const { return step_; }
   const Config& config() const { return config_; }
-  Gpt2Cpu& model() { return *model_; }
+  ModelBackend& backend() { return *backend_; }
   const std::vector<StepRecord>& history() const { return history_; }
   // Mean validation loss over the configured eval batches (NaN without val data).
   float evaluate();
@@ -70,7 +70,7 @@ class Trainer {
   void write_sample();
 
   Config config_;
-  std::unique_ptr<Gpt2Cpu> model_;
+  std::unique_ptr<ModelBackend> backend_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<TokenDataset> train_data_;
   std::unique_ptr<WindowStream> train_stream_;

@@ -25,10 +25,24 @@ find_package(CUDAToolkit REQUIRED)
 
 file(GLOB_RECURSE EMIX_CUDA_SOURCES CONFIGURE_DEPENDS
   "${CMAKE_CURRENT_SOURCE_DIR}/src/kernels/cuda/*.cu"
-  "${CMAKE_CURRENT_SOURCE_DIR}/src/kernels/cuda/*.cpp")
-add_library(emix_cuda STATIC ${EMIX_CUDA_SOURCES})
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/kernels/cuda/*.cpp"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/model/cuda/*.cu"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/model/cuda/*.cpp"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/optim/cuda/*.cu"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/optim/cuda/*.cpp"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/train/cuda/*.cpp")
+# OBJECT, like emix_core: optimizers register their device updates through
+# static initializers, which a static archive would drop.
+add_library(emix_cuda OBJECT ${EMIX_CUDA_SOURCES})
 target_include_directories(emix_cuda PUBLIC "${CMAKE_CURRENT_SOURCE_DIR}/src")
-target_link_libraries(emix_cuda PUBLIC CUDA::cudart_static nlohmann_json::nlohmann_json)
+# cuBLASLt and cuDNN have no static archives in the toolkit: they are linked
+# as shared libraries (the GPU image has both; scripts/gpu_check.sh points
+# the loader at them).
+find_library(EMIX_CUDNN_LIBRARY NAMES cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/lib/x86_64-linux-gnu)
+if(NOT EMIX_CUDNN_LIBRARY)
+  message(FATAL_ERROR "cuDNN 9 not found (libcudnn.so): install it beside the CUDA toolkit, or -DEMIX_WITH_CUDA=OFF")
+endif()
+target_link_libraries(emix_cuda PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt ${EMIX_CUDNN_LIBRARY} emix::deps)
 target_compile_options(emix_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)
 target_compile_definitions(emix_cuda PUBLIC EMIX_HAVE_CUDA=1)
 message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")

@@ -1,0 +1,355 @@
+#include "model/cuda/gpt2_cuda.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <string_view>
+#include <utility>
+
+#include "core/error.hpp"
+#include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/classifier.cuh"
+#include "kernels/cuda/convert.cuh"
+#include "kernels/cuda/encoder.cuh"
+#include "kernels/cuda/global_norm.cuh"
+#include "kernels/cuda/layernorm.cuh"
+#include "kernels/cuda/matmul.cuh"
+#include "model/gpt2_cpu.hpp"
+
+namespace emix::cuda {
+namespace {
+
+// One block's tensors inside a flat device buffer of T (bf16 weights or
+// gradients).
+template <typename T>
+struct BlockTensors {
+  T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+};
+
+template <typename T>
+struct ModelTensors {
+  T *wte, *wpe, *lnfw, *lnfb;
+  std::vector<BlockTensors<T>> blocks;
+};
+
+template <typename T>
+ModelTensors<T> tensors_in(T* base, const ParameterLayout& layout, int n_layer) {
+  auto whole = [&](std::string_view name) { return base + layout.find(name).offset; };
+  auto of_block = [&](std::string_view name, int l) {
+    const TensorInfo& t = layout.find(name);
+    return base + t.offset + static_cast<size_t>(l) * (t.count / static_cast<size_t>(n_layer));
+  };
+  ModelTensors<T> m{whole("wte"), whole("wpe"), whole("lnfw"), whole("lnfb"), {}};
+  for (int l = 0; l < n_layer; ++l) {
+    m.blocks.push_back({of_block("ln1w", l), of_block("ln1b", l), of_block("qkvw", l), of_block("qkvb", l),
+                        of_block("attprojw", l), of_block("attprojb", l), of_block("ln2w", l), of_block("ln2b", l),
+                        of_block("fcw", l), of_block("fcb", l), of_block("fcprojw", l), of_block("fcprojb", l)});
+  }
+  return m;
+}
+
+template <typename T>
+T* device_alloc(size_t count) {
+  void* p = nullptr;
+  EMIX_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+void check_batch(std::span<const int32_t> ids, std::string_view what, int B, int T, const ModelConfig& c) {
+  if (B <= 0 || T <= 0) fail("batch shape must be positive, got B={} T={}", B, T);
+  if (T > c.block_size) fail("sequence length {} exceeds the model's block_size {}", T, c.block_size);
+  if (ids.size() != static_cast<size_t>(B) * static_cast<size_t>(T)) {
+    fail("{} hold {} token ids, but B·T = {}·{} = {}", what, ids.size(), B, T, static_cast<int64_t>(B) * T);
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= c.vocab_size) fail("{} contain token id {}, outside the vocabulary (size {})", what, id, c.vocab_size);
+  }
+}
+
+// One block's saved activations (rows N = B·T).
+struct BlockActivations {
+  bf16 *ln1, *qkv, *atty, *residual2, *ln2, *fch, *fch_gelu, *residual3;
+  float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd;
+  void* attention_saved;
+};
+
+// Every activation buffer for micro-batches of B×T, carved out of one
+// allocation.
+struct ActivationBuffers {
+  int32_t* inputs = nullptr;
+  int32_t* targets = nullptr;
+  bf16* encoded = nullptr;
+  std::vector<BlockActivations> blocks;
+  bf16* lnf = nullptr;
+  float *lnf_mean = nullptr, *lnf_rstd = nullptr;
+  bf16* logits = nullptr;  // [N, Vp], then d(loss)/d(logits)
+  float* losses = nullptr;
+  double* loss_sum = nullptr;
+  // Scratch reused by every block.
+  bf16* projected = nullptr;  // [N, C], a projection's output before its residual add
+  bf16* dresidual = nullptr;  // [N, C]
+  bf16* dnarrow = nullptr;    // [N, C]
+  bf16* dwide = nullptr;      // [N, 4C]
+  float* reduce_scratch = nullptr;
+  float* norm_squared = nullptr;
+};
+
+// Lays out `b` for B×T: calls assign(pointer, offset, bytes, name) for each
+// buffer and returns the bytes the whole needs. The same walk sizes the
+// allocation, fills in the pointers and prints the memory table.
+template <typename Assign>
+size_t plan_activations(ActivationBuffers& b, const ModelConfig& c, int B, int T, size_t attention_bytes, Assign&& assign) {
+  const size_t N = static_cast<size_t>(B) * T;
+  const size_t C = c.n_embd;
+  size_t offset = 0;
+  auto take = [&](auto*& pointer, size_t count, const char* name) {
+    using Element = std::remove_pointer_t<std::remove_reference_t<decltype(pointer)>>;
+    constexpr size_t kAlign = 256;
+    offset = (offset + kAlign - 1) / kAlign * kAlign;
+    assign(pointer, offset, count * sizeof(Element), name);
+    offset += count * sizeof(Element);
+  };
+  take(b.inputs, N, "inputs and targets");
+  take(b.targets, N, "inputs and targets");
+  take(b.encoded, N * C, "embeddings");
+  b.blocks.resize(static_cast<size_t>(c.n_layer));
+  for (BlockActivations& x : b.blocks) {
+    take(x.ln1, N * C, "LayerNorm outputs");
+    take(x.ln1_mean, N, "LayerNorm statistics");
+    take(x.ln1_rstd, N, "LayerNorm statistics");
+    take(x.qkv, 3 * N * C, "qkv");
+    take(x.atty, N * C, "attention outputs");
+    char* saved = nullptr;
+    take(saved, attention_bytes, "attention saved state");
+    x.attention_saved = saved;
+    take(x.residual2, N * C, "residual stream");
+    take(x.ln2, N * C, "LayerNorm outputs");
+    take(x.ln2_mean, N, "LayerNorm statistics");
+    take(x.ln2_rstd, N, "LayerNorm statistics");
+    take(x.fch, 4 * N * C, "MLP (before and after GELU)");
+    take(x.fch_gelu, 4 * N * C, "MLP (before and after GELU)");
+    take(x.residual3, N * C, "residual stream");
+  }
+  take(b.lnf, N * C, "LayerNorm outputs");
+  take(b.lnf_mean, N, "LayerNorm statistics");
+  take(b.lnf_rstd, N, "LayerNorm statistics");
+  take(b.logits, N * static_cast<size_t>(c.padded_vocab_size), "logits");
+  take(b.losses, N, "scratch");
+  take(b.loss_sum, 1, "scratch");
+  take(b.projected, N * C, "scratch");
+  take(b.dresidual, N * C, "activation gradients");
+  take(b.dnarrow, N * C, "activation gradients");
+  take(b.dwide, 4 * N * C, "activation gradients");
+  take(b.reduce_scratch,
+       std::max(layernorm_backward_scratch_floats(static_cast<int>(N), c.n_embd), global_norm_scratch_floats()), "scratch");
+  take(b.norm_squared, 1, "scratch");
+  return offset;
+}
+
+}  // namespace
+
+// The activation buffers and the kernels' own state (handles, plans, scratch).
+struct Gpt2Cuda::Activations : ActivationBuffers {
+  int B = 0, T = 0;
+  char* arena = nullptr;
+
+  Matmul matmul;
+  std::unique_ptr<Attention> attention;
+  EncoderBackward encoder_backward;
+
+  ~Activations() { cudaFree(arena); }
+
+  void ensure(const ModelConfig& c, int B_, int T_) {
+    if (B_ == B && T_ == T) return;
+    const size_t attention_bytes = attention->saved_bytes(B_, T_, c.n_embd, c.n_head);
+    ActivationBuffers& buffers = *this;
+    const size_t bytes = plan_activations(buffers, c, B_, T_, attention_bytes, [](auto*&, size_t, size_t, const char*) {});
+    EMIX_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    cudaFree(arena);
+    arena = nullptr;
+    B = T = 0;
+    arena = device_alloc<char>(bytes);
+    plan_activations(buffers, c, B_, T_, attention_bytes, [this](auto*& pointer, size_t offset, size_t, const char*) {
+      pointer = reinterpret_cast<std::remove_reference_t<decltype(pointer)>>(arena + offset);
+    });
+    B = B_;
+    T = T_;
+  }
+};
+
+Gpt2Cuda::Gpt2Cuda(const ModelConfig& config, Gpt2CudaOptions options)
+    : config_(config), layout_(config), options_(options) {
+  config_.validate();
+  if (config_.n_embd % 8 != 0) fail("model.n_embd = {}: the CUDA backend needs a multiple of 8", config_.n_embd);
+  if (config_.padded_vocab_size % 8 != 0) {
+    fail("model.padded_vocab_size = {}: the CUDA backend needs a multiple of 8 (128 is best)", config_.padded_vocab_size);
+  }
+  EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const size_t P = layout_.num_parameters();
+  master_ = device_alloc<float>(P);
+  params_ = device_alloc<bf16>(P);
+  grads_ = device_alloc<bf16>(P);
+  acts_ = std::make_unique<Activations>();
+  acts_->attention = options_.attention == AttentionKind::cudnn ? make_cudnn_attention() : make_reference_attention();
+}
+
+Gpt2Cuda::~Gpt2Cuda() {
+  acts_.reset();
+  cudaFree(master_);
+  cudaFree(params_);
+  cudaFree(grads_);
+  cudaStreamDestroy(stream_);
+}
+
+void Gpt2Cuda::init_weights(uint64_t seed) {
+  std::vector<float> host(layout_.num_parameters());
+  init_gpt2_weights(host, config_, layout_, seed);
+  set_weights(host);
+}
+
+void Gpt2Cuda::set_weights(std::span<const float> host) {
+  if (host.size() != layout_.num_parameters()) {
+    fail("weights hold {} values, the model has {} parameters", host.size(), layout_.num_parameters());
+  }
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(master_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice, stream_));
+  refresh_bf16_weights();
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void Gpt2Cuda::get_weights(std::span<float> host) const {
+  if (host.size() != layout_.num_parameters()) {
+    fail("weights hold {} values, the model has {} parameters", host.size(), layout_.num_parameters());
+  }
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(host.data(), master_, host.size_bytes(), cudaMemcpyDeviceToHost, stream_));
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void Gpt2Cuda::refresh_bf16_weights() { convert_to_bf16(params_, master_, layout_.num_parameters(), stream_); }
+
+void Gpt2Cuda::round_weights_stochastically(uint64_t seed, uint64_t step) {
+  convert_to_bf16_stochastic(params_, master_, layout_.num_parameters(), seed, step, 0, stream_);
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void Gpt2Cuda::zero_grad() {
+  EMIX_CUDA_CHECK(cudaMemsetAsync(grads_, 0, layout_.num_parameters() * sizeof(bf16), stream_));
+}
+
+float Gpt2Cuda::forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T) {
+  return run_forward(inputs, targets, B, T, 0.0f, /*write_grad=*/false);
+}
+
+float Gpt2Cuda::forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
+                                 float grad_scale) {
+  float loss = run_forward(inputs, targets, B, T, grad_scale, /*write_grad=*/true);
+  run_backward(inputs, B, T);
+  return loss;
+}
+
+float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
+                            float grad_scale, bool write_grad) {
+  check_batch(inputs, "inputs", B, T, config_);
+  check_batch(targets, "targets", B, T, config_);
+  Activations& a = *acts_;
+  a.ensure(config_, B, T);
+  const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab_size;
+  const int N = B * T;
+  cudaStream_t s = stream_;
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(a.inputs, inputs.data(), inputs.size_bytes(), cudaMemcpyHostToDevice, s));
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(a.targets, targets.data(), targets.size_bytes(), cudaMemcpyHostToDevice, s));
+  const auto w = tensors_in(static_cast<const bf16*>(params_), layout_, config_.n_layer);
+
+  encoder_forward(a.encoded, a.inputs, w.wte, w.wpe, B, T, C, s);
+  layernorm_forward(a.blocks[0].ln1, a.blocks[0].ln1_mean, a.blocks[0].ln1_rstd, a.encoded, w.blocks[0].ln1w,
+                    w.blocks[0].ln1b, N, C, s);
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const BlockActivations& x = a.blocks[static_cast<size_t>(l)];
+    const BlockTensors<const bf16>& p = w.blocks[static_cast<size_t>(l)];
+    const bf16* residual = l == 0 ? a.encoded : a.blocks[static_cast<size_t>(l) - 1].residual3;
+    a.matmul.forward(x.qkv, x.ln1, p.qkvw, p.qkvb, N, C, 3 * C, nullptr, s);
+    a.attention->forward(x.atty, x.attention_saved, x.qkv, B, T, C, NH, s);
+    a.matmul.forward(a.projected, x.atty, p.attprojw, p.attprojb, N, C, C, nullptr, s);
+    residual_layernorm_forward(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, residual, a.projected, p.ln2w, p.ln2b, N, C, s);
+    a.matmul.forward(x.fch_gelu, x.ln2, p.fcw, p.fcb, N, C, 4 * C, x.fch, s);
+    a.matmul.forward(a.projected, x.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C, nullptr, s);
+    // The next LayerNorm (the next block's ln1, or lnf) takes this block's output.
+    const bool last = l + 1 == config_.n_layer;
+    const BlockActivations* next = last ? nullptr : &a.blocks[static_cast<size_t>(l) + 1];
+    residual_layernorm_forward(x.residual3, last ? a.lnf : next->ln1, last ? a.lnf_mean : next->ln1_mean,
+                               last ? a.lnf_rstd : next->ln1_rstd, x.residual2, a.projected,
+                               last ? w.lnfw : w.blocks[static_cast<size_t>(l) + 1].ln1w,
+                               last ? w.lnfb : w.blocks[static_cast<size_t>(l) + 1].ln1b, N, C, s);
+  }
+  a.matmul.forward(a.logits, a.lnf, w.wte, nullptr, N, C, Vp, nullptr, s);
+  softmax_cross_entropy(a.logits, a.losses, a.targets, N, V, Vp, grad_scale / static_cast<float>(N), write_grad, s);
+  sum_losses(a.loss_sum, a.losses, N, s);
+  double loss_sum = 0.0;
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(&loss_sum, a.loss_sum, sizeof loss_sum, cudaMemcpyDeviceToHost, s));
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
+  return static_cast<float>(loss_sum / N);
+}
+
+void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
+  Activations& a = *acts_;
+  const int C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab_size;
+  const int N = B * T;
+  cudaStream_t s = stream_;
+  const auto w = tensors_in(static_cast<const bf16*>(params_), layout_, config_.n_layer);
+  const auto g = tensors_in(grads_, layout_, config_.n_layer);
+  const BlockActivations& last = a.blocks.back();
+
+  // The output head: dlnf = dlogits·wte, dwte += dlogitsᵀ·lnf.
+  a.matmul.backward(a.dnarrow, g.wte, nullptr, a.logits, a.lnf, w.wte, N, C, Vp, nullptr, s);
+  EMIX_CUDA_CHECK(cudaMemsetAsync(a.dresidual, 0, static_cast<size_t>(N) * C * sizeof(bf16), s));
+  layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.reduce_scratch, a.dnarrow, last.residual3, w.lnfw, a.lnf_mean,
+                     a.lnf_rstd, N, C, s);
+  for (int l = config_.n_layer - 1; l >= 0; --l) {
+    const BlockActivations& x = a.blocks[static_cast<size_t>(l)];
+    const BlockTensors<const bf16>& p = w.blocks[static_cast<size_t>(l)];
+    const BlockTensors<bf16>& d = g.blocks[static_cast<size_t>(l)];
+    const bf16* residual = l == 0 ? a.encoded : a.blocks[static_cast<size_t>(l) - 1].residual3;
+    // a.dresidual holds d(loss)/d(residual3); the MLP branch first.
+    a.matmul.backward(a.dwide, d.fcprojw, d.fcprojb, a.dresidual, x.fch_gelu, p.fcprojw, N, 4 * C, C, x.fch, s);
+    a.matmul.backward(a.dnarrow, d.fcw, d.fcb, a.dwide, x.ln2, p.fcw, N, C, 4 * C, nullptr, s);
+    layernorm_backward(a.dresidual, d.ln2w, d.ln2b, a.reduce_scratch, a.dnarrow, x.residual2, p.ln2w, x.ln2_mean,
+                       x.ln2_rstd, N, C, s);
+    // Now d(loss)/d(residual2): the attention branch.
+    a.matmul.backward(a.dnarrow, d.attprojw, d.attprojb, a.dresidual, x.atty, p.attprojw, N, C, C, nullptr, s);
+    a.attention->backward(a.dwide, a.dnarrow, x.qkv, x.atty, x.attention_saved, B, T, C, NH, s);
+    a.matmul.backward(a.dnarrow, d.qkvw, d.qkvb, a.dwide, x.ln1, p.qkvw, N, C, 3 * C, nullptr, s);
+    layernorm_backward(a.dresidual, d.ln1w, d.ln1b, a.reduce_scratch, a.dnarrow, residual, p.ln1w, x.ln1_mean,
+                       x.ln1_rstd, N, C, s);
+  }
+  a.encoder_backward.run(g.wte, g.wpe, a.dresidual, inputs.data(), B, T, C, s);
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+double Gpt2Cuda::grad_norm() {
+  Activations& a = *acts_;
+  if (a.norm_squared == nullptr) fail("grad_norm before any forward_backward");
+  global_norm_squared(a.norm_squared, grads_, layout_.num_parameters(), a.reduce_scratch, /*accumulate=*/false, stream_);
+  float squared = 0.0f;
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(&squared, a.norm_squared, sizeof squared, cudaMemcpyDeviceToHost, stream_));
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return std::sqrt(static_cast<double>(squared));
+}
+
+std::vector<MemoryItem> Gpt2Cuda::memory_table(int B, int T) const {
+  const size_t P = layout_.num_parameters();
+  std::vector<MemoryItem> table = {{"master weights (fp32)", P * sizeof(float)},
+                                   {"weights (bf16)", P * sizeof(bf16)},
+                                   {"gradients (bf16)", P * sizeof(bf16)}};
+  ActivationBuffers planner;
+  const size_t attention_bytes = acts_->attention->saved_bytes(B, T, config_.n_embd, config_.n_head);
+  plan_activations(planner, config_, B, T, attention_bytes, [&](auto*&, size_t, size_t bytes, const char* name) {
+    auto it = std::find_if(table.begin(), table.end(), [&](const MemoryItem& m) { return m.name == name; });
+    if (it == table.end()) {
+      table.push_back({name, bytes});
+    } else {
+      it->bytes += bytes;
+    }
+  });
+  return table;
+}
+
+}  // namespace emix::cuda

@@ -1,0 +1,70 @@
+#pragma once
+// What the trainer needs of the device that runs the model: the CPU
+// reference (Gpt2Cpu) or one GPU (Gpt2Cuda, registered by the CUDA build).
+// The trainer's logic (data order, accumulation, clipping decisions,
+// skipping, checkpoints, resume) is the same for both; only where the
+// numbers live differs.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "model/gpt2_config.hpp"
+#include "optim/optimizer.hpp"
+
+namespace emix {
+
+class Gpt2Cpu;
+
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+
+  virtual const ParameterLayout& layout() const = 0;
+  // Where the optimizer's state must live.
+  virtual Placement placement() const = 0;
+  // Lines for the startup log (device, memory table).
+  virtual std::vector<std::string> describe(int B, int T) const = 0;
+
+  virtual void init_weights(uint64_t seed) = 0;
+  virtual void zero_grad() = 0;
+  // One micro-batch: adds grad_scale · d(mean loss)/d(params) to the
+  // gradients and returns the mean loss.
+  virtual float forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
+                                 float grad_scale) = 0;
+  // Mean loss only (validation).
+  virtual float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T) = 0;
+  virtual double grad_norm() = 0;
+  // One optimizer update from the accumulated gradients, each multiplied by
+  // grad_scale first (clipping).
+  virtual void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) = 0;
+
+  // The fp32 weights on the host: the live buffer on the CPU, a copy of the
+  // device's master weights on a GPU (fetched by this call). After writing
+  // into the span, call weights_changed(step) with the number of updates
+  // those weights have had: a GPU re-derives its bf16 weights from them as
+  // that update's stochastic rounding did, so resuming stays bit-exact.
+  virtual std::span<float> weights() = 0;
+  virtual void weights_changed(int64_t step) = 0;
+  // The optimizer's state on the host (for checkpoints) and back.
+  virtual void pull_optimizer_state(Optimizer& optimizer) = 0;
+  virtual void push_optimizer_state(Optimizer& optimizer) = 0;
+  // Schedule-free's evaluation point x and back (Optimizer::to_eval_params).
+  virtual void to_eval_params(Optimizer& optimizer) = 0;
+  virtual void to_train_params(Optimizer& optimizer) = 0;
+
+  // A CPU model holding the current weights, for sampling text.
+  virtual Gpt2Cpu& sampling_model() = 0;
+};
+
+// Builds the backend config.device names; "cuda" exists only in builds with
+// the CUDA backend (it registers itself).
+std::unique_ptr<ModelBackend> make_backend(const Config& config);
+
+using BackendFactory = std::function<std::unique_ptr<ModelBackend>(const Config& config)>;
+bool register_backend(const std::string& device, BackendFactory factory);
+
+}  // namespace emix

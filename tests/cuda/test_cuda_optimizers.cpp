@@ -1,0 +1,386 @@
+// The fused CUDA optimizer updates (src/optim/cuda/) against the CPU
+// optimizers, for every registered optimizer: bf16 gradients times a
+// grad_scale in, fp32 master weights and state on the device, bf16 weights
+// out. The CPU runs the same per-element math header on the same inputs
+// (the bf16 gradients as floats, times grad_scale in float).
+//
+// Error bound: rel err ≤ 1e-5 (‖device − cpu‖/‖cpu‖ per array) for the
+// master weights and every state buffer after 5 steps. Both sides compute in
+// fp32 from the same float coefficients; they differ only where nvcc
+// contracts a·b + c into one FMA (one rounding instead of two, ~6e-8
+// relative per operation) and in sqrtf/division rounding, a few ulps per
+// step. (Lion's sign could flip where β1·m + (1−β1)·g is within such an
+// error of 0: one element moving by 2·lr adds ~4e-6 to the relative error
+// here, still inside the bound.)
+// The bf16 weights are checked bit-exactly: each must be the stochastic
+// rounding of the device's own master value with the bits of
+// (seed, step, element_offset + i), computed here by the same header.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_support.hpp"
+#include "kernels/bf16_rounding.hpp"
+#include "optim/optimizer.hpp"
+
+namespace emix {
+namespace {
+
+using test::DeviceBuffer;
+
+constexpr int kSteps = 5;
+constexpr float kGradScale = 0.37f;  // not a power of two: g·grad_scale rounds
+constexpr uint64_t kSeed = 1234;
+constexpr size_t kElementOffset = 17;
+constexpr double kTolerance = 1e-5;
+
+// Awkward sizes: no segment is a multiple of 4, so the second and third
+// start off the 16-byte boundary (the kernel's peeled head and tail).
+std::vector<ParamSegment> awkward_segments() {
+  return {{0, 1001, true}, {1001, 37, false}, {1038, 2049, true}};
+}
+constexpr size_t kSize = 1001 + 37 + 2049;
+
+// The defaults, with every warmup (a null "t_*" or "warmup_steps") set to 3
+// steps, so that 5 steps cover it both running and finished.
+Json hyperparameters_with_warmups(const std::string& name, Json overrides = Json::object()) {
+  const OptimizerSpec& spec = find_optimizer(name);
+  Json hp = spec.normalize(overrides);
+  for (auto it = hp.begin(); it != hp.end(); ++it) {
+    if (it.value().is_null() && (it.key().rfind("t_", 0) == 0 || it.key() == "warmup_steps")) it.value() = 3;
+  }
+  return spec.normalize(hp);
+}
+
+std::vector<float> initial_params() { return test::random_floats(kSize, 1, 1.0f); }
+
+// Step t's bf16 gradients (bits), with every 97th element exactly zero (the
+// zero-gradient paths: AdEMAMix's m2 guard, Lion's sign(0)).
+std::vector<cuda::bf16> bf16_gradients(int t) {
+  std::vector<float> grads = test::random_floats(kSize, 100 + static_cast<uint64_t>(t), 2.0f);
+  for (size_t i = 0; i < grads.size(); i += 97) grads[i] = 0.0f;
+  return test::to_bf16(grads);
+}
+
+// What the CPU optimizer is given: the bf16 gradients times grad_scale, in float.
+std::vector<float> cpu_gradients(int t) {
+  std::vector<float> grads = test::to_float(bf16_gradients(t));
+  for (float& g : grads) g *= kGradScale;
+  return grads;
+}
+
+float step_lr(const Json& hp) { return hp.at("lr").get<float>(); }
+
+struct Snapshot {
+  std::vector<float> master;
+  std::vector<uint16_t> params;  // bf16 bits (device runs only)
+  std::vector<std::string> names;
+  std::vector<std::vector<float>> state;
+};
+
+Snapshot snapshot_state(Optimizer& optimizer, std::vector<float> master) {
+  Snapshot s;
+  s.master = std::move(master);
+  optimizer.copy_state_to_host();
+  for (const StateBuffer& buffer : optimizer.state_buffers()) {
+    s.names.push_back(buffer.name);
+    s.state.emplace_back(buffer.data.begin(), buffer.data.end());
+  }
+  return s;
+}
+
+std::vector<uint16_t> bits_of(const std::vector<cuda::bf16>& x) {
+  std::vector<uint16_t> bits(x.size());
+  std::memcpy(bits.data(), x.data(), x.size() * sizeof(uint16_t));
+  return bits;
+}
+
+Snapshot run_cpu(const std::string& name, const Json& hp, int steps = kSteps) {
+  auto optimizer = find_optimizer(name).create(hp, kSize, awkward_segments());
+  std::vector<float> params = initial_params();
+  for (int t = 1; t <= steps; ++t) optimizer->step(params, cpu_gradients(t), StepInfo{t, step_lr(hp)});
+  return snapshot_state(*optimizer, params);
+}
+
+// The device's arrays for a run, `shift` elements into larger allocations:
+// shift 1 puts the master weights, gradients and bf16 weights off the
+// alignment of the freshly allocated state, which forces the kernel's
+// one-element path.
+struct DeviceArrays {
+  DeviceArrays(size_t shift, const std::vector<float>& master_values)
+      : shift(shift), master(kSize + shift), grads(kSize + shift), params(kSize + shift) {
+    std::vector<float> padded(kSize + shift, 0.0f);
+    std::copy(master_values.begin(), master_values.end(), padded.begin() + static_cast<std::ptrdiff_t>(shift));
+    master.upload(padded);
+    params.poison();
+    EMIX_CUDA_CHECK(cudaDeviceSynchronize());  // the optimizer's stream does not wait for the default one
+  }
+
+  DeviceStep step(cudaStream_t stream) {
+    DeviceStep s;
+    s.master = master.get() + shift;
+    s.grads = grads.get() + shift;
+    s.params_bf16 = params.get() + shift;
+    s.grad_scale = kGradScale;
+    s.rounding_seed = kSeed;
+    s.element_offset = kElementOffset;
+    s.stream = stream;
+    return s;
+  }
+
+  void upload_gradients(int t) {
+    std::vector<cuda::bf16> padded(kSize + shift, test::to_bf16(0.0f));
+    std::vector<cuda::bf16> g = bf16_gradients(t);
+    std::copy(g.begin(), g.end(), padded.begin() + static_cast<std::ptrdiff_t>(shift));
+    grads.upload(padded);
+    EMIX_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  std::vector<float> master_values() const {
+    std::vector<float> all = master.download();
+    return {all.begin() + static_cast<std::ptrdiff_t>(shift), all.end()};
+  }
+  std::vector<uint16_t> param_bits() const {
+    std::vector<uint16_t> all = bits_of(params.download());
+    return {all.begin() + static_cast<std::ptrdiff_t>(shift), all.end()};
+  }
+
+  size_t shift;
+  DeviceBuffer<float> master;
+  DeviceBuffer<cuda::bf16> grads;
+  DeviceBuffer<cuda::bf16> params;
+};
+
+class Stream {
+ public:
+  Stream() { EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+Snapshot run_device(const std::string& name, const Json& hp, size_t shift = 0) {
+  Stream stream;
+  auto optimizer = find_optimizer(name).create(hp, kSize, awkward_segments(), Placement::device);
+  EXPECT_EQ(optimizer->placement(), Placement::device);
+  DeviceArrays arrays(shift, initial_params());
+  for (int t = 1; t <= kSteps; ++t) {
+    arrays.upload_gradients(t);
+    optimizer->step_device(arrays.step(stream.get()), StepInfo{t, step_lr(hp)});
+  }
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  Snapshot s = snapshot_state(*optimizer, arrays.master_values());
+  s.params = arrays.param_bits();
+  return s;
+}
+
+void expect_close(const Snapshot& device, const Snapshot& cpu, const std::string& what) {
+  EXPECT_LE(test::relative_error(device.master, cpu.master), kTolerance) << what << ": master weights";
+  ASSERT_EQ(device.names, cpu.names) << what;
+  for (size_t b = 0; b < cpu.state.size(); ++b) {
+    EXPECT_LE(test::relative_error(device.state[b], cpu.state[b]), kTolerance) << what << ": " << cpu.names[b];
+  }
+}
+
+void expect_identical(const Snapshot& a, const Snapshot& b, const std::string& what) {
+  auto same = [](const auto& x, const auto& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(x[0])) == 0;
+  };
+  EXPECT_TRUE(same(a.master, b.master)) << what << ": master weights";
+  EXPECT_TRUE(same(a.params, b.params)) << what << ": bf16 weights";
+  ASSERT_EQ(a.state.size(), b.state.size()) << what;
+  for (size_t i = 0; i < a.state.size(); ++i) EXPECT_TRUE(same(a.state[i], b.state[i])) << what << ": " << a.names[i];
+}
+
+// Every bf16 weight is the stochastic rounding of its master value with the
+// bits of the last step: one of the master's two bf16 neighbours, and the
+// one the header picks.
+void expect_stochastically_rounded(const Snapshot& device, int step, const std::string& what) {
+  const uint64_t key = rounding_key(kSeed, static_cast<uint64_t>(step));
+  size_t mismatches = 0;
+  for (size_t i = 0; i < kSize; ++i) {
+    const uint16_t expected = bf16_bits_stochastic(device.master[i], rounding_bits(key, kElementOffset + i));
+    mismatches += device.params[i] != expected;
+  }
+  EXPECT_EQ(mismatches, 0u) << what << ": bf16 weights that are not the master's stochastic rounding";
+}
+
+struct Case {
+  std::string name;
+  Json hp;
+  std::string label;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> result;
+  for (const std::string& name : optimizer_names()) result.push_back({name, hyperparameters_with_warmups(name), name});
+  // AdEMAMix without its fast average: m1 is absent (a null state pointer).
+  result.push_back({"ademamix", hyperparameters_with_warmups("ademamix", {{"beta1", 0.0}}), "ademamix beta1=0"});
+  // AdEMAMix with its zero-gradient guard on.
+  result.push_back({"ademamix", hyperparameters_with_warmups("ademamix", {{"zero_grad_m2_beta", 0.9}}),
+                    "ademamix zero_grad_m2_beta"});
+  // MARS without clipping (no norm pass).
+  result.push_back({"mars", hyperparameters_with_warmups("mars", {{"clip_corrected_gradient", false}}),
+                    "mars unclipped"});
+  return result;
+}
+
+TEST(CudaOptimizers, EveryOptimizerMatchesTheCpu) {
+  EMIX_REQUIRE_GPU();
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.label);
+    const Snapshot cpu = run_cpu(c.name, c.hp);
+    Snapshot device;
+    try {
+      device = run_device(c.name, c.hp);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << c.label << ": " << e.what();
+      continue;
+    }
+    expect_close(device, cpu, c.label);
+    expect_stochastically_rounded(device, kSteps, c.label);
+    expect_identical(run_device(c.name, c.hp), device, c.label + " (second run)");
+    expect_identical(run_device(c.name, c.hp, 1), device, c.label + " (unaligned arrays)");
+  }
+}
+
+// A ZeRO-style split: two optimizers over [0, 1500) and [1500, kSize) with
+// element_offset set to their starts give the whole-range optimizer's bits.
+TEST(CudaOptimizers, ShardsReproduceTheWholeRange) {
+  EMIX_REQUIRE_GPU();
+  const std::string name = "adamw";
+  const Json hp = hyperparameters_with_warmups(name);
+  const Snapshot whole = run_device(name, hp);
+
+  Stream stream;
+  const std::vector<std::vector<ParamSegment>> shard_segments = {
+      {{0, 1001, true}, {1001, 37, false}, {1038, 462, true}}, {{0, kSize - 1500, true}}};
+  const size_t starts[] = {0, 1500};
+  std::vector<std::unique_ptr<Optimizer>> shards;
+  for (int s = 0; s < 2; ++s) {
+    const size_t size = s == 0 ? 1500 : kSize - 1500;
+    shards.push_back(find_optimizer(name).create(hp, size, shard_segments[s], Placement::device));
+  }
+  DeviceArrays arrays(0, initial_params());
+  for (int t = 1; t <= kSteps; ++t) {
+    arrays.upload_gradients(t);
+    for (int s = 0; s < 2; ++s) {
+      DeviceStep step = arrays.step(stream.get());
+      step.master += starts[s];
+      step.grads = static_cast<const cuda::bf16*>(step.grads) + starts[s];
+      step.params_bf16 = static_cast<cuda::bf16*>(step.params_bf16) + starts[s];
+      step.element_offset += starts[s];
+      shards[s]->step_device(step, StepInfo{t, step_lr(hp)});
+    }
+  }
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+  EXPECT_EQ(arrays.master_values(), whole.master);
+  EXPECT_EQ(arrays.param_bits(), whole.params);
+}
+
+// Checkpoints move between placements: the CPU's state after 4 steps,
+// loaded into a device optimizer through its mirrors, continues like the
+// CPU for a 5th step (and the device's state, read back, resumes a CPU one).
+TEST(CudaOptimizers, StateMovesBetweenHostAndDevice) {
+  EMIX_REQUIRE_GPU();
+  for (const std::string& name : optimizer_names()) {
+    SCOPED_TRACE(name);
+    const Json hp = hyperparameters_with_warmups(name);
+    const OptimizerSpec& spec = find_optimizer(name);
+
+    auto cpu = spec.create(hp, kSize, awkward_segments());
+    std::vector<float> params = initial_params();
+    for (int t = 1; t < kSteps; ++t) cpu->step(params, cpu_gradients(t), StepInfo{t, step_lr(hp)});
+
+    auto device = spec.create(hp, kSize, awkward_segments(), Placement::device);
+    auto source = cpu->state_buffers();
+    auto target = device->state_buffers();
+    ASSERT_EQ(source.size(), target.size());
+    for (size_t b = 0; b < source.size(); ++b) {
+      ASSERT_EQ(source[b].name, target[b].name);
+      std::copy(source[b].data.begin(), source[b].data.end(), target[b].data.begin());
+    }
+    device->load_scalar_state(cpu->scalar_state());
+    device->copy_state_to_device();
+
+    Stream stream;
+    DeviceArrays arrays(0, params);
+    arrays.upload_gradients(kSteps);
+    device->step_device(arrays.step(stream.get()), StepInfo{kSteps, step_lr(hp)});
+    cpu->step(params, cpu_gradients(kSteps), StepInfo{kSteps, step_lr(hp)});
+    EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+    expect_close(snapshot_state(*device, arrays.master_values()), snapshot_state(*cpu, params), name + " resumed");
+    EXPECT_EQ(device->scalar_state(), cpu->scalar_state());
+  }
+}
+
+// Schedule-free's y → x → y conversion on the device: the master weights
+// match the CPU's conversion, and the bf16 weights are the master's
+// round-to-nearest-even.
+TEST(CudaOptimizers, ScheduleFreeConvertsLikeTheCpu) {
+  EMIX_REQUIRE_GPU();
+  const std::string name = "schedule_free_adamw";
+  const Json hp = hyperparameters_with_warmups(name);
+  const OptimizerSpec& spec = find_optimizer(name);
+
+  auto cpu = spec.create(hp, kSize, awkward_segments());
+  auto device = spec.create(hp, kSize, awkward_segments(), Placement::device);
+  ASSERT_TRUE(device->has_eval_params());
+  Stream stream;
+  DeviceArrays arrays(0, initial_params());
+  std::vector<float> params = initial_params();
+  for (int t = 1; t <= kSteps; ++t) {
+    arrays.upload_gradients(t);
+    device->step_device(arrays.step(stream.get()), StepInfo{t, step_lr(hp)});
+    cpu->step(params, cpu_gradients(t), StepInfo{t, step_lr(hp)});
+  }
+
+  auto expect_converted = [&](const std::string& what) {
+    EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+    const std::vector<float> master = arrays.master_values();
+    EXPECT_LE(test::relative_error(master, params), kTolerance) << what;
+    const std::vector<uint16_t> bits = arrays.param_bits();
+    size_t mismatches = 0;
+    for (size_t i = 0; i < kSize; ++i) {
+      cuda::bf16 nearest = test::to_bf16(master[i]);
+      uint16_t nearest_bits;
+      std::memcpy(&nearest_bits, &nearest, sizeof nearest_bits);
+      mismatches += bits[i] != nearest_bits;
+    }
+    EXPECT_EQ(mismatches, 0u) << what << ": bf16 weights that are not the master's nearest bf16";
+  };
+
+  cpu->to_eval_params(params);
+  device->to_eval_params_device(arrays.step(stream.get()));
+  expect_converted("y → x");
+  EXPECT_EQ(device->scalar_state(), cpu->scalar_state());
+  // Stepping while the buffer holds x is refused on both placements.
+  EXPECT_THROW(device->step_device(arrays.step(stream.get()), StepInfo{kSteps + 1, step_lr(hp)}), std::logic_error);
+  device->to_eval_params_device(arrays.step(stream.get()));  // a second call does nothing
+  expect_converted("y → x twice");
+
+  cpu->to_train_params(params);
+  device->to_train_params_device(arrays.step(stream.get()));
+  expect_converted("x → y");
+  EXPECT_EQ(device->scalar_state(), cpu->scalar_state());
+}
+
+TEST(CudaOptimizers, PlacementsRefuseTheOtherStep) {
+  EMIX_REQUIRE_GPU();
+  const Json hp = hyperparameters_with_warmups("adamw");
+  auto device = find_optimizer("adamw").create(hp, kSize, awkward_segments(), Placement::device);
+  std::vector<float> params = initial_params();
+  EXPECT_THROW(device->step(params, cpu_gradients(1), StepInfo{1, 1e-3f}), std::logic_error);
+  auto host = find_optimizer("adamw").create(hp, kSize, awkward_segments());
+  DeviceArrays arrays(0, params);
+  EXPECT_THROW(host->step_device(arrays.step(nullptr), StepInfo{1, 1e-3f}), std::logic_error);
+}
+
+}  // namespace
+}  // namespace emix
