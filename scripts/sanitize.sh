@@ -20,4 +20,8 @@ if [[ -f "$supp/lsan.supp" ]]; then
   export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 fi
 # Instrumented code is several times slower than Release: longer timeouts.
-exec ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 1800 "$@"
+# The mpirun tests are left out: Open MPI's own start-up allocations, made in
+# the libmpi we dlopen, are never freed and LeakSanitizer reports them in
+# every rank (frames in an unloaded module, which no suppression can name).
+# They run uninstrumented in the main suite.
+exec ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 1800 -E '^distributed_mpi' "$@"

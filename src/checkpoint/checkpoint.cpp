@@ -57,8 +57,12 @@ uint32_t write_data_file(const fs::path& path, std::span<const TensorRef> tensor
   writer.write(header.data(), header.size());
   const std::array<char, kAlignment> zeros{};
   for (size_t i = 0; i < tensors.size(); ++i) {
-    uint64_t target = sections[i]["offset"].get<uint64_t>();
-    writer.write(zeros.data(), target - writer.bytes_written());
+    // Zero padding up to the section's offset; the gap after the header can
+    // exceed one alignment unit (the header was laid out against a bound).
+    const uint64_t target = sections[i]["offset"].get<uint64_t>();
+    while (writer.bytes_written() < target) {
+      writer.write(zeros.data(), std::min<uint64_t>(zeros.size(), target - writer.bytes_written()));
+    }
     writer.write(std::as_bytes(tensors[i].data));
   }
   writer.close();
