@@ -38,17 +38,44 @@ timeout 300 build/tests/test_cuda --gtest_color=no 2>&1 | tee "$OUT/test_cuda.lo
 tests_status=${PIPESTATUS[0]}
 [[ "${1:-}" == quick ]] && exit "$tests_status"
 
-echo "== throughput: GPT-2 124M, B=16, T=1024, bf16 (progress lines: tok/s, MFU)"
-for attention in cudnn reference; do
-  for optimizer in adamw ademamix; do
-    echo "-- ${optimizer}, attention ${attention}"
-    timeout 100 build/emix train --config configs/gpt2_124m_cuda.json \
-      --set optimizer.name="${optimizer}" --set cuda.attention="${attention}" \
-      --set data.train_shards='gpu_carry/data/bench_train_*.bin' --set data.val_shards='gpu_carry/data/bench_val_*.bin' \
-      --set data.tokenizer_dir=gpu_carry/gpt2_tokenizer \
-      --set training.steps=30 --set training.total_batch_tokens=65536 --set training.eval_interval=0 \
-      --set logging.interval=5 --set logging.sample_tokens=0 --set checkpoint.interval=0 \
-      --set logging.run_dir="/tmp/emix_bench/${optimizer}_${attention}" 2>&1 | tail -12 | tee -a "$OUT/bench.log"
-  done
-done
+echo "== benchmarks (emix bench: median of 20 steps after 5 warm-ups, random tokens)"
+bench() {  # config, then --set overrides
+  local config=$1; shift
+  echo "-- ${config} $*" | tee -a "$OUT/bench.log"
+  local overrides=()
+  for o in "$@"; do overrides+=(--set "$o"); done
+  timeout 240 build/emix bench --config "configs/${config}.json" "${overrides[@]}" 2>&1 | tee -a "$OUT/bench.log"
+}
+bench gpt2_124m_cuda
+bench gpt2_124m_cuda training.batch_size=32
+bench gpt2_124m_cuda cuda.attention=reference
+bench gpt2_124m_cuda optimizer.m2_dtype=bfloat16
+bench gpt2_124m_cuda cuda.recompute=gelu+layernorm
+bench gpt2_350m_cuda
+bench gpt2_1.3b_cuda
+bench gpt2_1.3b_cuda optimizer.m2_dtype=bfloat16
+
+echo "== training: GPT-2 124M and 1.3B with AdEMAMix on real text (progress lines: tok/s, MFU)"
+train() {  # config, steps
+  timeout 150 build/emix train --config "configs/$1.json" \
+    --set data.train_shards='gpu_carry/data/bench_train_*.bin' --set data.val_shards='gpu_carry/data/bench_val_*.bin' \
+    --set data.tokenizer_dir=gpu_carry/gpt2_tokenizer \
+    --set training.steps="$2" --set training.total_batch_tokens=131072 --set training.eval_interval=0 \
+    --set logging.interval=5 --set logging.sample_tokens=32 --set checkpoint.interval=0 \
+    --set logging.run_dir="/tmp/emix_train/$1" > "$OUT/train_$1.log" 2>&1
+  grep -E "memory: total|device:|\| MFU|validation loss" "$OUT/train_$1.log" | tail -8
+}
+train gpt2_124m_cuda 40
+train gpt2_350m_cuda 20
+train gpt2_1.3b_cuda 10
+
+if [[ -f scripts/torch_reference.py && -z "${EMIX_SKIP_TORCH:-}" ]]; then
+  echo "== PyTorch: an independent float64 reference for a GPT-2 124M-shaped model, and torch.compile's throughput"
+  timeout 120 python3 scripts/torch_reference.py selfcheck gpu_carry/golden/gpt2_tiny 2>&1 | tail -4 | tee -a "$OUT/torch.log"
+  rm -rf /tmp/torch_golden
+  timeout 200 python3 scripts/torch_reference.py golden /tmp/torch_golden --no_train 2>&1 | tail -3
+  GOLDEN_DIR=/tmp/torch_golden timeout 120 build/tests/test_cuda --gtest_filter='CudaModel.MatchesTheGoldenData*' 2>&1 | \
+    grep -E "OK|FAILED|Failure|Expected|NOTE|gradient of|loss" | tee -a "$OUT/torch.log"
+  timeout 300 python3 scripts/torch_reference.py bench --B 16 --T 1024 2>&1 | tail -3 | tee -a "$OUT/torch.log"
+fi
 exit "$tests_status"

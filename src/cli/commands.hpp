@@ -9,5 +9,6 @@ namespace emix::cli {
 void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace emix::cli

@@ -61,6 +61,7 @@ struct LoggingConfig {
 // Options of the CUDA backend (device "cuda"); ignored on the CPU.
 struct CudaConfig {
   std::string attention = "cudnn";  // "cudnn" (flash attention) or "reference" (our own kernels)
+  std::string recompute = "none";   // activations recomputed in the backward: "none", "gelu", "gelu+layernorm"
 };
 
 struct Config {

@@ -25,6 +25,15 @@
 // to infinity with the same probability rule. NaN stays NaN (quieted, sign
 // kept: truncation alone could turn a NaN whose payload is all in the low
 // bits into infinity) and ±infinity stays itself.
+//
+// Optimizer state kept in bf16 (AdEMAMix's m2 with m2_dtype "bfloat16") is
+// rounded the same way, from a stream of its own so that its bits are
+// independent of the weights':
+//   state key = rounding_key(seed ⊕ kStateRoundingStream, step)
+// with kStateRoundingStream = 0x6D325F7374617465, the ASCII of "m2_state".
+// Unbiased rounding is what lets such a slow average (β3 = 0.9999, whose
+// per-step change is far below half a bf16 gap) keep moving at all: rounding
+// to nearest would leave it stuck.
 // C++17 and host/device: the CUDA optimizer kernels include it unchanged.
 #include <stdint.h>
 #include <string.h>
@@ -71,6 +80,26 @@ EMIX_HD float bf16_bits_to_float(uint16_t bits) {
   float x;
   memcpy(&x, &wide, sizeof x);
   return x;
+}
+
+// x stochastically rounded to bf16, widened back to float (exact).
+EMIX_HD float bf16_round_stochastic(float x, uint32_t random) {
+  return bf16_bits_to_float(bf16_bits_stochastic(x, random));
+}
+
+// The bf16 bit pattern nearest to x, ties to even (NaN quieted as above).
+EMIX_HD uint16_t bf16_bits_nearest_even(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+inline constexpr uint64_t kStateRoundingStream = 0x6D325F7374617465ull;  // "m2_state"
+
+// The key of step `step`'s rounding of bf16 optimizer state.
+EMIX_HD uint64_t state_rounding_key(uint64_t seed, uint64_t step) {
+  return rounding_key(seed ^ kStateRoundingStream, step);
 }
 
 }  // namespace emix

@@ -9,13 +9,24 @@
 // linearly in half-life over t_beta3 steps (optimizer_common.hpp); a null
 // t_alpha or t_beta3 means no warmup.
 // Hyperparameters: lr, beta1, beta2, beta3, alpha, eps, weight_decay,
-// t_alpha, t_beta3, and zero_grad_m2_beta (null: off), a guard for elements
+// t_alpha, t_beta3, m2_dtype, and zero_grad_m2_beta (null: off), a guard for elements
 // whose gradient is exactly zero for long stretches (rare-token embedding
 // rows): m2 decays at that rate there instead of β3(t), so the update cannot
 // grow as ν decays. State: m1 (only when β1 > 0), m2, nu.
+// m2_dtype ("float32" or "bfloat16") is how m2 is stored: "bfloat16" halves
+// its bytes on the device (2 per parameter instead of 4; m2 is a quarter of
+// the fused step's traffic). Each step's new m2 is rounded stochastically
+// (kernels/bf16_rounding.hpp) with the state stream's bits of (seed, step,
+// global index), unbiased, so the slow average keeps integrating gradients
+// far smaller than a bf16 gap. On the host m2 stays a float buffer holding
+// the same bf16 values, rounded with the same bits (StepInfo's rounding_seed
+// and element_offset), so both placements compute the same m2, and
+// checkpoints (m2 as floats) move between them.
 #include <cmath>
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "optim/math/ademamix_math.hpp"
 #include "optim/optimizer_common.hpp"
@@ -34,6 +45,7 @@ struct AdemamixHyperparameters {
   std::optional<int64_t> t_alpha;
   std::optional<int64_t> t_beta3;
   std::optional<double> zero_grad_m2_beta;
+  bool m2_bfloat16;
 };
 
 AdemamixHyperparameters read_hyperparameters(const Json& json) {
@@ -49,6 +61,7 @@ AdemamixHyperparameters read_hyperparameters(const Json& json) {
       .t_alpha = reader.warmup_steps("t_alpha"),
       .t_beta3 = reader.warmup_steps("t_beta3"),
       .zero_grad_m2_beta = reader.optional_beta("zero_grad_m2_beta"),
+      .m2_bfloat16 = reader.one_of("m2_dtype", "float32", {"float32", "bfloat16"}) == "bfloat16",
   };
   reader.reject_unknown_keys();
   return hp;
@@ -64,7 +77,8 @@ Json to_json(const AdemamixHyperparameters& hp) {
               {"weight_decay", hp.weight_decay},
               {"t_alpha", warmup_steps_json(hp.t_alpha)},
               {"t_beta3", warmup_steps_json(hp.t_beta3)},
-              {"zero_grad_m2_beta", hp.zero_grad_m2_beta ? Json(*hp.zero_grad_m2_beta) : Json(nullptr)}};
+              {"zero_grad_m2_beta", hp.zero_grad_m2_beta ? Json(*hp.zero_grad_m2_beta) : Json(nullptr)},
+              {"m2_dtype", hp.m2_bfloat16 ? "bfloat16" : "float32"}};
 }
 
 std::vector<std::string> buffer_names(const AdemamixHyperparameters& hp) {
@@ -77,24 +91,41 @@ class Ademamix final : public ElementwiseOptimizer {
   static constexpr std::string_view kName = "ademamix";
 
   Ademamix(const AdemamixHyperparameters& hp, size_t size, std::vector<ParamSegment> segments, Placement placement)
-      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), buffer_names(hp), placement), hp_(hp) {}
+      : ElementwiseOptimizer(std::string(kName), size, std::move(segments), buffer_names(hp), placement,
+                             hp.m2_bfloat16 ? std::vector<std::string>{"m2"} : std::vector<std::string>{}),
+        hp_(hp) {}
 
   void step(std::span<float> params, std::span<const float> grads, const StepInfo& info) override {
     check_step(params, grads, info);
     float* m1 = hp_.beta1 == 0.0 ? nullptr : buffer("m1");
     float* m2 = buffer("m2");
     float* nu = buffer("nu");
-    update_elements(coefficients(info), info.lr * hp_.weight_decay, [&](size_t i, const AdemamixCoefficients& c) {
-      ademamix_update(params[i], grads[i], m1 == nullptr ? nullptr : m1 + i, m2[i], nu[i], c);
+    const double lr_weight_decay = info.lr * hp_.weight_decay;
+    if (!hp_.m2_bfloat16) {
+      update_elements(coefficients(info), lr_weight_decay, [&](size_t i, const AdemamixCoefficients& c) {
+        ademamix_update(params[i], grads[i], m1 == nullptr ? nullptr : m1 + i, m2[i], nu[i], c);
+      });
+      return;
+    }
+    const uint64_t key = state_rounding_key(info.rounding_seed, static_cast<uint64_t>(info.step));
+    update_elements(coefficients(info), lr_weight_decay, [&](size_t i, const AdemamixCoefficients& c) {
+      ademamix_update<true>(params[i], grads[i], m1 == nullptr ? nullptr : m1 + i, m2[i], nu[i], c);
+      m2[i] = bf16_round_stochastic(m2[i], rounding_bits(key, info.element_offset + i));
     });
   }
 
-  // State order: m1 (null when β1 = 0), m2, nu (cuda/ademamix_update.cu).
+  // State order: m1 (null when β1 = 0), m2 (in data, or in bf16 for
+  // m2_dtype "bfloat16"), nu (cuda/ademamix_update.cu).
   void step_device(const DeviceStep& step, const StepInfo& info) override {
     check_device_step(step, info);
     float* m1 = hp_.beta1 == 0.0 ? nullptr : buffer("m1");
-    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay,
-                           {{m1, buffer("m2"), buffer("nu")}});
+    device::StateBuffers state{{m1, nullptr, buffer("nu")}};
+    if (hp_.m2_bfloat16) {
+      state.bf16[1] = device_bf16_buffer("m2");
+    } else {
+      state.data[1] = buffer("m2");
+    }
+    update_elements_device(step, info, coefficients(info), info.lr * hp_.weight_decay, state);
   }
 
  private:

@@ -71,9 +71,17 @@ Function* find_function(std::string_view key) {
 
 // An optimizer's state pointers for its fused update, in the order its
 // update file documents; nullptr for an absent buffer (AdEMAMix's m1 at β1 = 0).
+// A buffer stored in bf16 (AdEMAMix's m2 with m2_dtype "bfloat16") has its
+// bit patterns' pointer in bf16[b] and a null data[b]: the update widens it
+// to float, runs the optimizer's math, and writes back the result rounded
+// stochastically with rounding_bits(bf16_rounding_key, global index), where
+// bf16_rounding_key = state_rounding_key(rounding_seed, step)
+// (kernels/bf16_rounding.hpp; ElementwiseOptimizer sets it).
 inline constexpr int kMaxStateBuffers = 4;
 struct StateBuffers {
   float* data[kMaxStateBuffers] = {};
+  uint16_t* bf16[kMaxStateBuffers] = {};
+  uint64_t bf16_rounding_key = 0;
 };
 
 // The fused update of one segment [offset, offset + count) of the range:

@@ -39,6 +39,13 @@ struct ParamSegment {
 struct StepInfo {
   int64_t step = 1;  // counts from 1
   float lr = 0.0f;   // the learning rate for this step, after the schedule
+  // For state stored in bf16 on host placement (AdEMAMix's m2_dtype
+  // "bfloat16"): the seed of its stochastic rounding and the global index of
+  // element 0 of the range (a ZeRO shard's start). Device placement takes
+  // both from DeviceStep instead; a run sets them to the same values there
+  // (the trainer: training.seed and 0), so both placements round alike.
+  uint64_t rounding_seed = 0;
+  size_t element_offset = 0;
 };
 
 struct StateBuffer {
@@ -63,6 +70,10 @@ class Optimizer {
   virtual void step_device(const DeviceStep& step, const StepInfo& info);
 
   virtual size_t size() const = 0;
+  // The bytes of per-parameter state this optimizer holds where it lives: 4
+  // per buffer state_buffers() lists, less where a buffer is stored narrower
+  // on the device (AdEMAMix's bf16 m2: 2).
+  virtual size_t state_bytes_per_parameter() const = 0;
   // Every per-parameter buffer, for checkpoints; their contents are the
   // state. On device placement these are host mirrors of the device state:
   // call copy_state_to_host() before reading them, and copy_state_to_device()

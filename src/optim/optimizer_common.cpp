@@ -34,6 +34,17 @@ std::optional<double> HyperparameterReader::optional_beta(std::string_view key) 
   return std::nullopt;
 }
 
+std::string HyperparameterReader::one_of(std::string_view key, std::string_view fallback,
+                                         std::initializer_list<std::string_view> allowed) {
+  std::string value = reader_.get<std::string>(key, std::string(fallback));
+  if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
+    std::string choices;
+    for (std::string_view choice : allowed) choices += fmt::format("{}\"{}\"", choices.empty() ? "" : " or ", choice);
+    fail("config key '{}' must be {}, got \"{}\"", reader_.path(key), choices, value);
+  }
+  return value;
+}
+
 std::optional<int64_t> HyperparameterReader::warmup_steps(std::string_view key) {
   std::optional<int64_t> steps = reader_.optional<int64_t>(key);
   if (steps && *steps < 1) {
@@ -68,20 +79,35 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
 }
 
 ElementwiseOptimizer::ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
-                                           std::vector<std::string> buffer_names, Placement placement)
+                                           std::vector<std::string> buffer_names, Placement placement,
+                                           const std::vector<std::string>& device_bf16_buffers)
     : name_(std::move(name)),
       size_(size),
       segments_(std::move(segments)),
       buffer_names_(std::move(buffer_names)),
+      device_bf16_(buffer_names_.size(), false),
       placement_(placement) {
   check_segments(segments_, size_);
+  for (const std::string& bf16_name : device_bf16_buffers) device_bf16_[index_of(bf16_name)] = true;
   for (size_t i = 0; i < buffer_names_.size(); ++i) {
     if (placement_ == Placement::host) {
       buffers_.emplace_back(size_, 0.0f);
     } else {
-      device_buffers_.emplace_back(size_ * sizeof(float));
+      device_buffers_.emplace_back(size_ * (device_bf16_[i] ? sizeof(uint16_t) : sizeof(float)));
     }
   }
+}
+
+size_t ElementwiseOptimizer::index_of(std::string_view name) const {
+  auto it = std::find(buffer_names_.begin(), buffer_names_.end(), name);
+  if (it == buffer_names_.end()) throw std::logic_error(fmt::format("optimizer has no state buffer '{}'", name));
+  return static_cast<size_t>(it - buffer_names_.begin());
+}
+
+size_t ElementwiseOptimizer::state_bytes_per_parameter() const {
+  size_t bytes = 0;
+  for (bool bf16 : device_bf16_) bytes += placement_ == Placement::device && bf16 ? sizeof(uint16_t) : sizeof(float);
+  return bytes;
 }
 
 void ElementwiseOptimizer::allocate_mirrors() {
@@ -99,8 +125,15 @@ std::vector<StateBuffer> ElementwiseOptimizer::state_buffers() {
 void ElementwiseOptimizer::copy_state_to_host() {
   if (placement_ == Placement::host) return;
   allocate_mirrors();
+  std::vector<uint16_t> bits;
   for (size_t i = 0; i < buffers_.size(); ++i) {
-    device::memory_ops().copy_to_host(buffers_[i].data(), device_buffers_[i].get(), size_ * sizeof(float));
+    if (!device_bf16_[i]) {
+      device::memory_ops().copy_to_host(buffers_[i].data(), device_buffers_[i].get(), size_ * sizeof(float));
+      continue;
+    }
+    bits.resize(size_);
+    device::memory_ops().copy_to_host(bits.data(), device_buffers_[i].get(), size_ * sizeof(uint16_t));
+    std::transform(bits.begin(), bits.end(), buffers_[i].begin(), bf16_bits_to_float);
   }
 }
 
@@ -108,17 +141,33 @@ void ElementwiseOptimizer::copy_state_to_device() {
   if (placement_ == Placement::host) return;
   // Mirrors never exposed hold nothing newer than the device state.
   if (buffers_.empty()) return;
+  std::vector<uint16_t> bits;
   for (size_t i = 0; i < buffers_.size(); ++i) {
-    device::memory_ops().copy_to_device(device_buffers_[i].get(), buffers_[i].data(), size_ * sizeof(float));
+    if (!device_bf16_[i]) {
+      device::memory_ops().copy_to_device(device_buffers_[i].get(), buffers_[i].data(), size_ * sizeof(float));
+      continue;
+    }
+    bits.resize(size_);
+    std::transform(buffers_[i].begin(), buffers_[i].end(), bits.begin(), bf16_bits_nearest_even);
+    device::memory_ops().copy_to_device(device_buffers_[i].get(), bits.data(), size_ * sizeof(uint16_t));
   }
 }
 
 float* ElementwiseOptimizer::buffer(std::string_view name) {
-  auto it = std::find(buffer_names_.begin(), buffer_names_.end(), name);
-  if (it == buffer_names_.end()) throw std::logic_error(fmt::format("optimizer has no state buffer '{}'", name));
-  const auto index = static_cast<size_t>(it - buffer_names_.begin());
-  if (placement_ == Placement::device) return device_buffers_[index].as<float>();
-  return buffers_[index].data();
+  const size_t index = index_of(name);
+  if (placement_ == Placement::host) return buffers_[index].data();
+  if (device_bf16_[index]) {
+    throw std::logic_error(fmt::format("{}: state buffer '{}' is stored in bf16 on the device", name_, name));
+  }
+  return device_buffers_[index].as<float>();
+}
+
+uint16_t* ElementwiseOptimizer::device_bf16_buffer(std::string_view name) {
+  const size_t index = index_of(name);
+  if (placement_ != Placement::device || !device_bf16_[index]) {
+    throw std::logic_error(fmt::format("{}: state buffer '{}' is not stored in bf16 on the device", name_, name));
+  }
+  return device_buffers_[index].as<uint16_t>();
 }
 
 void ElementwiseOptimizer::check_step(std::span<float> params, std::span<const float> grads,

@@ -6,6 +6,7 @@
 // host or through the optimizer's registered CUDA update.
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -33,6 +34,8 @@ class HyperparameterReader {
   // A decay rate in [0, 1), or nullopt when null or absent.
   std::optional<double> optional_beta(std::string_view key);
   bool flag(std::string_view key, bool fallback) { return reader_.get<bool>(key, fallback); }
+  // One of `allowed`; anything else is an error listing them.
+  std::string one_of(std::string_view key, std::string_view fallback, std::initializer_list<std::string_view> allowed);
   // A warmup length of at least one step; null or absent means no warmup.
   std::optional<int64_t> warmup_steps(std::string_view key);
   // Throws for a key that no read asked for, suggesting the closest valid one.
@@ -64,23 +67,34 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
 // An optimizer whose update is elementwise: it owns named state buffers of
 // size() zero-initialized floats each, and applies weight decay per segment.
 // On device placement the buffers are device memory, with host mirrors for
-// state_buffers() allocated when first needed.
+// state_buffers() allocated when first needed. Buffers named in
+// `device_bf16_buffers` are stored in bf16 on the device (2 bytes per
+// element); their mirrors are floats holding the same values exactly, so
+// checkpoints do not depend on the placement. Host placement keeps them in
+// floats: the optimizer itself keeps their values bf16 there.
 class ElementwiseOptimizer : public Optimizer {
  public:
   std::string_view name() const override { return name_; }
   Placement placement() const override { return placement_; }
   size_t size() const override { return size_; }
+  size_t state_bytes_per_parameter() const override;
   std::vector<StateBuffer> state_buffers() override;
+  // Device → host widens the bf16 buffers exactly; host → device rounds
+  // them to nearest even, which leaves values written by a bf16 run (every
+  // checkpoint of one, on either placement) unchanged.
   void copy_state_to_host() override;
   void copy_state_to_device() override;
 
  protected:
   ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
-                       std::vector<std::string> buffer_names, Placement placement);
+                       std::vector<std::string> buffer_names, Placement placement,
+                       const std::vector<std::string>& device_bf16_buffers = {});
 
   // The named buffer where the optimizer keeps its state: host memory, or
-  // device memory on device placement.
+  // device memory on device placement (not for a buffer stored in bf16 there).
   float* buffer(std::string_view name);
+  // A buffer stored in bf16 on the device: its bit patterns, device memory.
+  uint16_t* device_bf16_buffer(std::string_view name);
   // Throw std::logic_error when a step's arguments do not fit the optimizer
   // or its placement.
   void check_step(std::span<float> params, std::span<const float> grads, const StepInfo& info) const;
@@ -103,13 +117,16 @@ class ElementwiseOptimizer : public Optimizer {
   }
 
   // The device counterpart: one launch of the fused update registered under
-  // name() per segment, with the same per-segment coefficients.
+  // name() per segment, with the same per-segment coefficients. Sets the
+  // rounding key of the bf16 state (device_backend.hpp) from
+  // step.rounding_seed.
   template <typename Coefficients>
   void update_elements_device(const DeviceStep& step, const StepInfo& info, Coefficients coefficients,
-                              double lr_weight_decay, const device::StateBuffers& state) const {
+                              double lr_weight_decay, device::StateBuffers state) const {
     auto* update = device::find_function<device::UpdateFunction<Coefficients>>(name_);
     if (update == nullptr) fail_no_device_update();
     const uint64_t key = rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
+    state.bf16_rounding_key = state_rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
     for (const ParamSegment& segment : segments_) {
       if (segment.count == 0) continue;
       coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
@@ -132,6 +149,7 @@ class ElementwiseOptimizer : public Optimizer {
   }
   [[noreturn]] void fail_no_device_update() const;
   void allocate_mirrors();
+  size_t index_of(std::string_view name) const;
 
   // Below this, waking the thread team costs more than the update itself
   // (a model has many small bias and LayerNorm segments).
@@ -141,6 +159,7 @@ class ElementwiseOptimizer : public Optimizer {
   size_t size_;
   std::vector<ParamSegment> segments_;
   std::vector<std::string> buffer_names_;
+  std::vector<bool> device_bf16_;  // per buffer: stored in bf16 on the device
   Placement placement_;
   // Host placement: the state. Device placement: the mirrors, empty until
   // state_buffers() or copy_state_to_host() first needs them.

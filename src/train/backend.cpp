@@ -20,7 +20,7 @@ class CpuBackend final : public ModelBackend {
 
   const ParameterLayout& layout() const override { return model_.layout(); }
   Placement placement() const override { return Placement::host; }
-  std::vector<std::string> describe(int, int) const override {
+  std::vector<std::string> describe(int, int, size_t) const override {
     return {fmt::format("device: CPU, {} threads", omp_get_max_threads())};
   }
   void init_weights(uint64_t seed) override { model_.init_weights(seed); }

@@ -26,8 +26,11 @@ class ModelBackend {
   virtual const ParameterLayout& layout() const = 0;
   // Where the optimizer's state must live.
   virtual Placement placement() const = 0;
-  // Lines for the startup log (device, memory table).
-  virtual std::vector<std::string> describe(int B, int T) const = 0;
+  // The device's dense bf16 peak in FLOP/s, for MFU; 0 where unknown (CPU).
+  virtual double peak_flops() const { return 0.0; }
+  // Lines for the startup log (device, memory table) for micro-batches of
+  // B×T, with the optimizer's state taking state_bytes.
+  virtual std::vector<std::string> describe(int B, int T, size_t state_bytes) const = 0;
 
   virtual void init_weights(uint64_t seed) = 0;
   virtual void zero_grad() = 0;

@@ -95,19 +95,15 @@ Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(co
   write_text_file_atomic(config_.run_dir() / "config.json", config_.to_json().dump(2) + "\n");
   metrics_ = std::make_unique<MetricsLog>(config_.run_dir() / "metrics.jsonl", step_);
 
-  size_t state_floats = 0;
   std::string state_names;
-  for (const auto& buffer : optimizer_->state_buffers()) {
-    state_floats += buffer.data.size();
-    state_names += (state_names.empty() ? "" : ", ") + buffer.name;
-  }
+  for (const auto& buffer : optimizer_->state_buffers()) state_names += (state_names.empty() ? "" : ", ") + buffer.name;
+  const size_t state_bytes = optimizer_->state_bytes_per_parameter() * layout.num_parameters();
   spdlog::info("model: GPT-2, {} layers, {} channels, {} heads, vocab {} (padded {}), {} parameters",
                config_.model.n_layer, config_.model.n_embd, config_.model.n_head, config_.model.vocab_size,
                config_.model.padded_vocab_size, format_count(static_cast<double>(layout.num_parameters())));
-  spdlog::info("optimizer: {} (state: {}; {:.1f} bytes/parameter)", config_.optimizer.at("name").get<std::string>(),
-               state_names.empty() ? "none" : state_names,
-               4.0 * static_cast<double>(state_floats) / static_cast<double>(layout.num_parameters()));
-  for (const std::string& line : backend_->describe(t.batch_size, t.seq_len)) spdlog::info("{}", line);
+  spdlog::info("optimizer: {} (state: {}; {} bytes/parameter)", config_.optimizer.at("name").get<std::string>(),
+               state_names.empty() ? "none" : state_names, optimizer_->state_bytes_per_parameter());
+  for (const std::string& line : backend_->describe(t.batch_size, t.seq_len, state_bytes)) spdlog::info("{}", line);
   spdlog::info("data: {} train tokens in {} shard(s){}; batch {} × {} tokens × {} accumulation = {} tokens/step; {} steps",
                format_count(static_cast<double>(train_data_->num_tokens())), train_data_->num_shards(),
                val_data_ ? fmt::format(", {} validation tokens", format_count(static_cast<double>(val_data_->num_tokens()))) : "",
@@ -136,7 +132,7 @@ StepRecord Trainer::train_step() {
   // the optimizer state, where it would never wash out: skip the update.
   record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm) || is_outlier(record);
   if (!record.skipped) {
-    backend_->step(*optimizer_, StepInfo{record.step, record.lr}, clip_scale(record.grad_norm, t.grad_clip));
+    backend_->step(*optimizer_, StepInfo{record.step, record.lr, config_.training.seed, 0}, clip_scale(record.grad_norm, t.grad_clip));
     remember_applied(record);
   }
 
@@ -186,9 +182,19 @@ void Trainer::log_progress(const StepRecord& r, double step_seconds) {
   const int64_t total = config_.total_steps();
   double seconds_per_step = train_seconds_ / static_cast<double>(std::max<int64_t>(1, history_.size()));
   double tokens_per_second = static_cast<double>(config_.training.total_batch_tokens) / step_seconds;
-  spdlog::info("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {} tok/s | {:.0f} ms/step | ETA {}", r.step,
-               std::to_string(total).size(), total, r.loss, r.lr, r.grad_norm, format_count(tokens_per_second),
+  const double peak = backend_->peak_flops();
+  std::string mfu = peak > 0.0 ? fmt::format(" | MFU {:.1f}%", 100.0 * tokens_per_second * flops_per_token() / peak) : "";
+  spdlog::info("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {} tok/s{} | {:.0f} ms/step | ETA {}", r.step,
+               std::to_string(total).size(), total, r.loss, r.lr, r.grad_norm, format_count(tokens_per_second), mfu,
                1000.0 * step_seconds, format_duration(seconds_per_step * static_cast<double>(total - r.step)));
+}
+
+double Trainer::flops_per_token() const {
+  // 6 FLOPs per parameter and token (forward 2, backward 4), plus the
+  // attention scores and their use: 6·L·C·T.
+  const ModelConfig& m = config_.model;
+  return 6.0 * static_cast<double>(backend_->layout().num_parameters()) +
+         6.0 * m.n_layer * m.n_embd * static_cast<double>(config_.training.seq_len);
 }
 
 namespace {

@@ -15,12 +15,17 @@
 // The bf16 weights are checked bit-exactly: each must be the stochastic
 // rounding of the device's own master value with the bits of
 // (seed, step, element_offset + i), computed here by the same header.
+// AdEMAMix's m2 stored in bf16 (m2_dtype "bfloat16") is checked bit-exactly
+// against the CPU's: both compute its average with one explicit FMA and
+// round it with the same bits (the CPU is given the same seed and
+// element_offset through StepInfo).
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_test_support.hpp"
@@ -75,6 +80,9 @@ std::vector<float> cpu_gradients(int t) {
 
 float step_lr(const Json& hp) { return hp.at("lr").get<float>(); }
 
+// The CPU's step t, with the rounding seed and element offset the device is given.
+StepInfo cpu_step_info(int t, const Json& hp) { return StepInfo{t, step_lr(hp), kSeed, kElementOffset}; }
+
 struct Snapshot {
   std::vector<float> master;
   std::vector<uint16_t> params;  // bf16 bits (device runs only)
@@ -102,7 +110,7 @@ std::vector<uint16_t> bits_of(const std::vector<cuda::bf16>& x) {
 Snapshot run_cpu(const std::string& name, const Json& hp, int steps = kSteps) {
   auto optimizer = find_optimizer(name).create(hp, kSize, awkward_segments());
   std::vector<float> params = initial_params();
-  for (int t = 1; t <= steps; ++t) optimizer->step(params, cpu_gradients(t), StepInfo{t, step_lr(hp)});
+  for (int t = 1; t <= steps; ++t) optimizer->step(params, cpu_gradients(t), cpu_step_info(t, hp));
   return snapshot_state(*optimizer, params);
 }
 
@@ -225,6 +233,12 @@ std::vector<Case> cases() {
   // AdEMAMix with its zero-gradient guard on.
   result.push_back({"ademamix", hyperparameters_with_warmups("ademamix", {{"zero_grad_m2_beta", 0.9}}),
                     "ademamix zero_grad_m2_beta"});
+  // AdEMAMix with m2 stored in bf16, with and without m1.
+  result.push_back({"ademamix", hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}}),
+                    "ademamix m2_dtype=bfloat16"});
+  result.push_back({"ademamix",
+                    hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}, {"beta1", 0.0}}),
+                    "ademamix m2_dtype=bfloat16 beta1=0"});
   // MARS without clipping (no norm pass).
   result.push_back({"mars", hyperparameters_with_warmups("mars", {{"clip_corrected_gradient", false}}),
                     "mars unclipped"});
@@ -251,11 +265,10 @@ TEST(CudaOptimizers, EveryOptimizerMatchesTheCpu) {
 }
 
 // A ZeRO-style split: two optimizers over [0, 1500) and [1500, kSize) with
-// element_offset set to their starts give the whole-range optimizer's bits.
-TEST(CudaOptimizers, ShardsReproduceTheWholeRange) {
-  EMIX_REQUIRE_GPU();
-  const std::string name = "adamw";
-  const Json hp = hyperparameters_with_warmups(name);
+// element_offset set to their starts give the whole-range optimizer's bits
+// (AdEMAMix with bf16 m2: its m2 too).
+void expect_shards_reproduce_the_whole_range(const std::string& name, const Json& hp) {
+  SCOPED_TRACE(name);
   const Snapshot whole = run_device(name, hp);
 
   Stream stream;
@@ -282,21 +295,70 @@ TEST(CudaOptimizers, ShardsReproduceTheWholeRange) {
   EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   EXPECT_EQ(arrays.master_values(), whole.master);
   EXPECT_EQ(arrays.param_bits(), whole.params);
+  const Snapshot low = snapshot_state(*shards[0], {});
+  const Snapshot high = snapshot_state(*shards[1], {});
+  for (size_t b = 0; b < whole.state.size(); ++b) {
+    std::vector<float> joined = low.state[b];
+    joined.insert(joined.end(), high.state[b].begin(), high.state[b].end());
+    EXPECT_EQ(joined, whole.state[b]) << whole.names[b];
+  }
+}
+
+TEST(CudaOptimizers, ShardsReproduceTheWholeRange) {
+  EMIX_REQUIRE_GPU();
+  expect_shards_reproduce_the_whole_range("adamw", hyperparameters_with_warmups("adamw"));
+  expect_shards_reproduce_the_whole_range("ademamix",
+                                          hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}}));
+}
+
+// AdEMAMix's m2 in bf16 on the device: 2 bytes per parameter there, m2
+// bit-identical to the CPU's (which keeps it bf16-valued in floats), every
+// value a bf16, and the master weights within kTolerance (checked with every
+// case above).
+TEST(CudaOptimizers, AdemamixBf16M2IsBitIdenticalToTheCpu) {
+  EMIX_REQUIRE_GPU();
+  for (const Json& overrides : {Json{{"m2_dtype", "bfloat16"}},
+                                Json{{"m2_dtype", "bfloat16"}, {"beta1", 0.0}, {"zero_grad_m2_beta", 0.9}}}) {
+    SCOPED_TRACE(overrides.dump());
+    const Json hp = hyperparameters_with_warmups("ademamix", overrides);
+    const bool has_m1 = hp.at("beta1").get<double>() != 0.0;
+    EXPECT_EQ(find_optimizer("ademamix").create(hp, kSize, awkward_segments(), Placement::device)
+                  ->state_bytes_per_parameter(),
+              has_m1 ? 10u : 6u);
+    const Snapshot cpu = run_cpu("ademamix", hp);
+    const Snapshot device = run_device("ademamix", hp);
+    expect_close(device, cpu, "ademamix bf16 m2");
+    const size_t m2 = has_m1 ? 1 : 0;
+    ASSERT_EQ(cpu.names.at(m2), "m2");
+    size_t mismatches = 0, not_bf16 = 0;
+    for (size_t i = 0; i < kSize; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &device.state[m2][i], sizeof bits);
+      not_bf16 += (bits & 0xFFFFu) != 0;
+      mismatches += std::memcmp(&device.state[m2][i], &cpu.state[m2][i], sizeof(float)) != 0;
+    }
+    EXPECT_EQ(not_bf16, 0u) << "m2 values that are not bf16";
+    EXPECT_EQ(mismatches, 0u) << "m2 values that differ from the CPU's";
+  }
 }
 
 // Checkpoints move between placements: the CPU's state after 4 steps,
 // loaded into a device optimizer through its mirrors, continues like the
 // CPU for a 5th step (and the device's state, read back, resumes a CPU one).
+// AdEMAMix with bf16 m2 included: the CPU's bf16-valued m2 goes to the
+// device unchanged, and comes back bit-identical after the 5th step.
 TEST(CudaOptimizers, StateMovesBetweenHostAndDevice) {
   EMIX_REQUIRE_GPU();
-  for (const std::string& name : optimizer_names()) {
-    SCOPED_TRACE(name);
-    const Json hp = hyperparameters_with_warmups(name);
+  std::vector<std::pair<std::string, Json>> runs;
+  for (const std::string& name : optimizer_names()) runs.emplace_back(name, hyperparameters_with_warmups(name));
+  runs.emplace_back("ademamix", hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}}));
+  for (const auto& [name, hp] : runs) {
+    SCOPED_TRACE(name + " " + hp.dump());
     const OptimizerSpec& spec = find_optimizer(name);
 
     auto cpu = spec.create(hp, kSize, awkward_segments());
     std::vector<float> params = initial_params();
-    for (int t = 1; t < kSteps; ++t) cpu->step(params, cpu_gradients(t), StepInfo{t, step_lr(hp)});
+    for (int t = 1; t < kSteps; ++t) cpu->step(params, cpu_gradients(t), cpu_step_info(t, hp));
 
     auto device = spec.create(hp, kSize, awkward_segments(), Placement::device);
     auto source = cpu->state_buffers();
@@ -313,9 +375,14 @@ TEST(CudaOptimizers, StateMovesBetweenHostAndDevice) {
     DeviceArrays arrays(0, params);
     arrays.upload_gradients(kSteps);
     device->step_device(arrays.step(stream.get()), StepInfo{kSteps, step_lr(hp)});
-    cpu->step(params, cpu_gradients(kSteps), StepInfo{kSteps, step_lr(hp)});
+    cpu->step(params, cpu_gradients(kSteps), cpu_step_info(kSteps, hp));
     EMIX_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
-    expect_close(snapshot_state(*device, arrays.master_values()), snapshot_state(*cpu, params), name + " resumed");
+    const Snapshot device_state = snapshot_state(*device, arrays.master_values());
+    const Snapshot cpu_state = snapshot_state(*cpu, params);
+    expect_close(device_state, cpu_state, name + " resumed");
+    if (hp.value("m2_dtype", "float32") == "bfloat16") {
+      EXPECT_EQ(device_state.state.at(1), cpu_state.state.at(1)) << "m2 after resuming";
+    }
     EXPECT_EQ(device->scalar_state(), cpu->scalar_state());
   }
 }

@@ -21,4 +21,20 @@ std::vector<DeviceInfo> list_devices(std::string* why_none) {
   return devices;
 }
 
+double dense_bf16_peak_flops(const std::string& device_name) {
+  struct Peak {
+    const char* name_part;
+    double flops;
+  };
+  // More specific names first: "H100 PCIe" before the SXM part's "H100".
+  static const Peak peaks[] = {
+      {"H100 PCIe", 756e12}, {"H100 NVL", 835e12}, {"H100", 989e12}, {"H200", 989e12},
+      {"A100", 312e12},      {"L40S", 362e12},     {"B200", 2250e12},
+  };
+  for (const Peak& peak : peaks) {
+    if (device_name.find(peak.name_part) != std::string::npos) return peak.flops;
+  }
+  return 0.0;
+}
+
 }  // namespace emix::cuda

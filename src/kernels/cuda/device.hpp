@@ -19,4 +19,9 @@ struct DeviceInfo {
 // with the runtime's reason in `why_none`.
 std::vector<DeviceInfo> list_devices(std::string* why_none = nullptr);
 
+// The dense (not sparse) bf16 tensor-core peak in FLOP/s of a device, from
+// the vendors' datasheets, matched by name (the runtime reports no such
+// figure); 0 for a device not in the table. For MFU.
+double dense_bf16_peak_flops(const std::string& device_name);
+
 }  // namespace emix::cuda

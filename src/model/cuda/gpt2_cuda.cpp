@@ -11,9 +11,11 @@
 #include "kernels/cuda/classifier.cuh"
 #include "kernels/cuda/convert.cuh"
 #include "kernels/cuda/encoder.cuh"
+#include "kernels/cuda/gelu.cuh"
 #include "kernels/cuda/global_norm.cuh"
 #include "kernels/cuda/layernorm.cuh"
 #include "kernels/cuda/matmul.cuh"
+#include "model/cuda/kernel_profile.hpp"
 #include "model/gpt2_cpu.hpp"
 
 namespace emix::cuda {
@@ -92,13 +94,21 @@ struct ActivationBuffers {
   bf16* dwide = nullptr;      // [N, 4C]
   float* reduce_scratch = nullptr;
   float* norm_squared = nullptr;
+  // With recomputation: the one buffer every block's GELU output (or
+  // LayerNorm outputs) lives in, and statistics the recomputation writes.
+  bf16* shared_gelu = nullptr;       // [N, 4C]
+  bf16* shared_layernorm = nullptr;  // [N, C]
+  float* recomputed_stats = nullptr; // [2N]
 };
 
 // Lays out `b` for B×T: calls assign(pointer, offset, bytes, name) for each
 // buffer and returns the bytes the whole needs. The same walk sizes the
 // allocation, fills in the pointers and prints the memory table.
 template <typename Assign>
-size_t plan_activations(ActivationBuffers& b, const ModelConfig& c, int B, int T, size_t attention_bytes, Assign&& assign) {
+size_t plan_activations(ActivationBuffers& b, const ModelConfig& c, Recompute recompute, int B, int T, size_t attention_bytes,
+                        Assign&& assign) {
+  const bool shared_gelu = recompute != Recompute::none;
+  const bool shared_layernorm = recompute == Recompute::gelu_layernorm;
   const size_t N = static_cast<size_t>(B) * T;
   const size_t C = c.n_embd;
   size_t offset = 0;
@@ -112,9 +122,19 @@ size_t plan_activations(ActivationBuffers& b, const ModelConfig& c, int B, int T
   take(b.inputs, N, "inputs and targets");
   take(b.targets, N, "inputs and targets");
   take(b.encoded, N * C, "embeddings");
+  if (shared_gelu) take(b.shared_gelu, 4 * N * C, "MLP (before and after GELU)");
+  if (shared_layernorm) {
+    take(b.shared_layernorm, N * C, "LayerNorm outputs");
+    take(b.recomputed_stats, 2 * N, "LayerNorm statistics");
+  }
   b.blocks.resize(static_cast<size_t>(c.n_layer));
   for (BlockActivations& x : b.blocks) {
-    take(x.ln1, N * C, "LayerNorm outputs");
+    if (shared_layernorm) {
+      x.ln1 = x.ln2 = b.shared_layernorm;
+    } else {
+      take(x.ln1, N * C, "LayerNorm outputs");
+      take(x.ln2, N * C, "LayerNorm outputs");
+    }
     take(x.ln1_mean, N, "LayerNorm statistics");
     take(x.ln1_rstd, N, "LayerNorm statistics");
     take(x.qkv, 3 * N * C, "qkv");
@@ -123,11 +143,14 @@ size_t plan_activations(ActivationBuffers& b, const ModelConfig& c, int B, int T
     take(saved, attention_bytes, "attention saved state");
     x.attention_saved = saved;
     take(x.residual2, N * C, "residual stream");
-    take(x.ln2, N * C, "LayerNorm outputs");
     take(x.ln2_mean, N, "LayerNorm statistics");
     take(x.ln2_rstd, N, "LayerNorm statistics");
     take(x.fch, 4 * N * C, "MLP (before and after GELU)");
-    take(x.fch_gelu, 4 * N * C, "MLP (before and after GELU)");
+    if (shared_gelu) {
+      x.fch_gelu = b.shared_gelu;
+    } else {
+      take(x.fch_gelu, 4 * N * C, "MLP (before and after GELU)");
+    }
     take(x.residual3, N * C, "residual stream");
   }
   take(b.lnf, N * C, "LayerNorm outputs");
@@ -156,20 +179,21 @@ struct Gpt2Cuda::Activations : ActivationBuffers {
   Matmul matmul;
   std::unique_ptr<Attention> attention;
   EncoderBackward encoder_backward;
+  KernelProfile profile;
 
   ~Activations() { cudaFree(arena); }
 
-  void ensure(const ModelConfig& c, int B_, int T_) {
+  void ensure(const ModelConfig& c, Recompute recompute, int B_, int T_) {
     if (B_ == B && T_ == T) return;
     const size_t attention_bytes = attention->saved_bytes(B_, T_, c.n_embd, c.n_head);
     ActivationBuffers& buffers = *this;
-    const size_t bytes = plan_activations(buffers, c, B_, T_, attention_bytes, [](auto*&, size_t, size_t, const char*) {});
+    const size_t bytes = plan_activations(buffers, c, recompute, B_, T_, attention_bytes, [](auto*&, size_t, size_t, const char*) {});
     EMIX_CUDA_CHECK(cudaStreamSynchronize(nullptr));
     cudaFree(arena);
     arena = nullptr;
     B = T = 0;
     arena = device_alloc<char>(bytes);
-    plan_activations(buffers, c, B_, T_, attention_bytes, [this](auto*& pointer, size_t offset, size_t, const char*) {
+    plan_activations(buffers, c, recompute, B_, T_, attention_bytes, [this](auto*& pointer, size_t offset, size_t, const char*) {
       pointer = reinterpret_cast<std::remove_reference_t<decltype(pointer)>>(arena + offset);
     });
     B = B_;
@@ -251,7 +275,7 @@ float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int
   check_batch(inputs, "inputs", B, T, config_);
   check_batch(targets, "targets", B, T, config_);
   Activations& a = *acts_;
-  a.ensure(config_, B, T);
+  a.ensure(config_, options_.recompute, B, T);
   const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab_size;
   const int N = B * T;
   cudaStream_t s = stream_;
@@ -259,19 +283,28 @@ float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int
   EMIX_CUDA_CHECK(cudaMemcpyAsync(a.targets, targets.data(), targets.size_bytes(), cudaMemcpyHostToDevice, s));
   const auto w = tensors_in(static_cast<const bf16*>(params_), layout_, config_.n_layer);
 
+  a.profile.begin(s);
   encoder_forward(a.encoded, a.inputs, w.wte, w.wpe, B, T, C, s);
+  a.profile.mark("embedding", s);
   layernorm_forward(a.blocks[0].ln1, a.blocks[0].ln1_mean, a.blocks[0].ln1_rstd, a.encoded, w.blocks[0].ln1w,
                     w.blocks[0].ln1b, N, C, s);
+  a.profile.mark("LayerNorm", s);
   for (int l = 0; l < config_.n_layer; ++l) {
     const BlockActivations& x = a.blocks[static_cast<size_t>(l)];
     const BlockTensors<const bf16>& p = w.blocks[static_cast<size_t>(l)];
     const bf16* residual = l == 0 ? a.encoded : a.blocks[static_cast<size_t>(l) - 1].residual3;
     a.matmul.forward(x.qkv, x.ln1, p.qkvw, p.qkvb, N, C, 3 * C, nullptr, s);
+    a.profile.mark("matmul", s);
     a.attention->forward(x.atty, x.attention_saved, x.qkv, B, T, C, NH, s);
+    a.profile.mark("attention", s);
     a.matmul.forward(a.projected, x.atty, p.attprojw, p.attprojb, N, C, C, nullptr, s);
+    a.profile.mark("matmul", s);
     residual_layernorm_forward(x.residual2, x.ln2, x.ln2_mean, x.ln2_rstd, residual, a.projected, p.ln2w, p.ln2b, N, C, s);
+    a.profile.mark("LayerNorm", s);
     a.matmul.forward(x.fch_gelu, x.ln2, p.fcw, p.fcb, N, C, 4 * C, x.fch, s);
+    a.profile.mark("matmul (with GELU)", s);
     a.matmul.forward(a.projected, x.fch_gelu, p.fcprojw, p.fcprojb, N, 4 * C, C, nullptr, s);
+    a.profile.mark("matmul", s);
     // The next LayerNorm (the next block's ln1, or lnf) takes this block's output.
     const bool last = l + 1 == config_.n_layer;
     const BlockActivations* next = last ? nullptr : &a.blocks[static_cast<size_t>(l) + 1];
@@ -279,10 +312,13 @@ float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int
                                last ? a.lnf_rstd : next->ln1_rstd, x.residual2, a.projected,
                                last ? w.lnfw : w.blocks[static_cast<size_t>(l) + 1].ln1w,
                                last ? w.lnfb : w.blocks[static_cast<size_t>(l) + 1].ln1b, N, C, s);
+    a.profile.mark("LayerNorm", s);
   }
   a.matmul.forward(a.logits, a.lnf, w.wte, nullptr, N, C, Vp, nullptr, s);
+  a.profile.mark("output head matmul", s);
   softmax_cross_entropy(a.logits, a.losses, a.targets, N, V, Vp, grad_scale / static_cast<float>(N), write_grad, s);
   sum_losses(a.loss_sum, a.losses, N, s);
+  a.profile.mark("softmax cross-entropy", s);
   double loss_sum = 0.0;
   EMIX_CUDA_CHECK(cudaMemcpyAsync(&loss_sum, a.loss_sum, sizeof loss_sum, cudaMemcpyDeviceToHost, s));
   EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -299,28 +335,52 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
   const BlockActivations& last = a.blocks.back();
 
   // The output head: dlnf = dlogits·wte, dwte += dlogitsᵀ·lnf.
+  a.profile.begin(s);
   a.matmul.backward(a.dnarrow, g.wte, nullptr, a.logits, a.lnf, w.wte, N, C, Vp, nullptr, s);
+  a.profile.mark("output head matmul", s);
   EMIX_CUDA_CHECK(cudaMemsetAsync(a.dresidual, 0, static_cast<size_t>(N) * C * sizeof(bf16), s));
+  a.profile.mark("LayerNorm", s);
   layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.reduce_scratch, a.dnarrow, last.residual3, w.lnfw, a.lnf_mean,
                      a.lnf_rstd, N, C, s);
+  a.profile.mark("LayerNorm", s);
   for (int l = config_.n_layer - 1; l >= 0; --l) {
     const BlockActivations& x = a.blocks[static_cast<size_t>(l)];
     const BlockTensors<const bf16>& p = w.blocks[static_cast<size_t>(l)];
     const BlockTensors<bf16>& d = g.blocks[static_cast<size_t>(l)];
     const bf16* residual = l == 0 ? a.encoded : a.blocks[static_cast<size_t>(l) - 1].residual3;
     // a.dresidual holds d(loss)/d(residual3); the MLP branch first.
+    if (options_.recompute != Recompute::none) {
+      gelu_forward(x.fch_gelu, x.fch, static_cast<size_t>(N) * 4 * C, s);
+      a.profile.mark("recomputation", s);
+    }
+    if (options_.recompute == Recompute::gelu_layernorm) {
+      layernorm_forward(x.ln2, a.recomputed_stats, a.recomputed_stats + N, x.residual2, p.ln2w, p.ln2b, N, C, s);
+      a.profile.mark("recomputation", s);
+    }
     a.matmul.backward(a.dwide, d.fcprojw, d.fcprojb, a.dresidual, x.fch_gelu, p.fcprojw, N, 4 * C, C, x.fch, s);
+    a.profile.mark("matmul (with GELU)", s);
     a.matmul.backward(a.dnarrow, d.fcw, d.fcb, a.dwide, x.ln2, p.fcw, N, C, 4 * C, nullptr, s);
+    a.profile.mark("matmul", s);
     layernorm_backward(a.dresidual, d.ln2w, d.ln2b, a.reduce_scratch, a.dnarrow, x.residual2, p.ln2w, x.ln2_mean,
                        x.ln2_rstd, N, C, s);
+    a.profile.mark("LayerNorm", s);
     // Now d(loss)/d(residual2): the attention branch.
     a.matmul.backward(a.dnarrow, d.attprojw, d.attprojb, a.dresidual, x.atty, p.attprojw, N, C, C, nullptr, s);
+    a.profile.mark("matmul", s);
     a.attention->backward(a.dwide, a.dnarrow, x.qkv, x.atty, x.attention_saved, B, T, C, NH, s);
+    a.profile.mark("attention", s);
+    if (options_.recompute == Recompute::gelu_layernorm) {
+      layernorm_forward(x.ln1, a.recomputed_stats, a.recomputed_stats + N, residual, p.ln1w, p.ln1b, N, C, s);
+      a.profile.mark("recomputation", s);
+    }
     a.matmul.backward(a.dnarrow, d.qkvw, d.qkvb, a.dwide, x.ln1, p.qkvw, N, C, 3 * C, nullptr, s);
+    a.profile.mark("matmul", s);
     layernorm_backward(a.dresidual, d.ln1w, d.ln1b, a.reduce_scratch, a.dnarrow, residual, p.ln1w, x.ln1_mean,
                        x.ln1_rstd, N, C, s);
+    a.profile.mark("LayerNorm", s);
   }
   a.encoder_backward.run(g.wte, g.wpe, a.dresidual, inputs.data(), B, T, C, s);
+  a.profile.mark("embedding", s);
   EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
@@ -334,6 +394,10 @@ double Gpt2Cuda::grad_norm() {
   return std::sqrt(static_cast<double>(squared));
 }
 
+void Gpt2Cuda::enable_kernel_profile(bool on) { acts_->profile.enable(on); }
+
+std::vector<std::pair<std::string, double>> Gpt2Cuda::kernel_times() { return acts_->profile.collect(); }
+
 std::vector<MemoryItem> Gpt2Cuda::memory_table(int B, int T) const {
   const size_t P = layout_.num_parameters();
   std::vector<MemoryItem> table = {{"master weights (fp32)", P * sizeof(float)},
@@ -341,7 +405,7 @@ std::vector<MemoryItem> Gpt2Cuda::memory_table(int B, int T) const {
                                    {"gradients (bf16)", P * sizeof(bf16)}};
   ActivationBuffers planner;
   const size_t attention_bytes = acts_->attention->saved_bytes(B, T, config_.n_embd, config_.n_head);
-  plan_activations(planner, config_, B, T, attention_bytes, [&](auto*&, size_t, size_t bytes, const char* name) {
+  plan_activations(planner, config_, options_.recompute, B, T, attention_bytes, [&](auto*&, size_t, size_t bytes, const char* name) {
     auto it = std::find_if(table.begin(), table.end(), [&](const MemoryItem& m) { return m.name == name; });
     if (it == table.end()) {
       table.push_back({name, bytes});

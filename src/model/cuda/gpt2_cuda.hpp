@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -24,8 +25,14 @@ namespace emix::cuda {
 
 enum class AttentionKind { cudnn, reference };
 
+// Activations the backward recomputes instead of keeping one per block:
+// GELU's output (4·C per token, the largest), and also the LayerNorm outputs
+// (2·C more). Each costs one cheap elementwise pass in the backward.
+enum class Recompute { none, gelu, gelu_layernorm };
+
 struct Gpt2CudaOptions {
   AttentionKind attention = AttentionKind::cudnn;
+  Recompute recompute = Recompute::none;
 };
 
 // One line of the startup memory table.
@@ -74,6 +81,12 @@ class Gpt2Cuda {
   float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T);
   // ‖grads‖₂ over every parameter, in fp32 (deterministic).
   double grad_norm();
+
+  // Timing of the kernel groups (matmul, attention, LayerNorm, ...) for
+  // benchmarks: when enabled, kernel_times() returns the milliseconds of each
+  // group summed over the forwards and backwards run since its last call.
+  void enable_kernel_profile(bool on);
+  std::vector<std::pair<std::string, double>> kernel_times();
 
   // What each buffer takes on the device for micro-batches of B×T.
   std::vector<MemoryItem> memory_table(int B, int T) const;

@@ -4,27 +4,40 @@
 // gradients in, bf16 weights out by stochastic rounding).
 // State order (as ademamix.cpp passes it): m1 (nullptr when β1 = 0), m2, nu;
 // without m1 the kernel is a separate instantiation that passes ademamix_update
-// a literal nullptr.
+// a literal nullptr. m2 stored in bf16 (m2_dtype "bfloat16": state.bf16[1]
+// set, data[1] null) is another: ademamix_update<true> computes m2's average
+// as the host does for bf16, and fused_update.cuh rounds it stochastically
+// when storing it.
 #include "optim/cuda/fused_update.cuh"
 #include "optim/math/ademamix_math.hpp"
 
 namespace emix::cuda {
 namespace {
 
-template <bool kHasM1>
+template <bool kHasM1, bool kM2Bf16>
 struct AdemamixElement {
   static constexpr int kStateBuffers = 3;
   __device__ void operator()(float& param, float grad, float* const* state, const AdemamixCoefficients& c) const {
-    ademamix_update(param, grad, kHasM1 ? state[0] : nullptr, *state[1], *state[2], c);
+    ademamix_update<kM2Bf16>(param, grad, kHasM1 ? state[0] : nullptr, *state[1], *state[2], c);
   }
 };
+
+template <bool kHasM1>
+void launch(const AdemamixCoefficients& c, const device::StateBuffers& state, const DeviceStep& step,
+            uint64_t rounding_key, size_t offset, size_t count) {
+  if (state.bf16[1] != nullptr) {
+    launch_fused_update(AdemamixElement<kHasM1, true>{}, c, state, step, rounding_key, offset, count);
+  } else {
+    launch_fused_update(AdemamixElement<kHasM1, false>{}, c, state, step, rounding_key, offset, count);
+  }
+}
 
 void ademamix_device_update(const AdemamixCoefficients& c, const device::StateBuffers& state, const DeviceStep& step,
                             uint64_t rounding_key, size_t offset, size_t count) {
   if (state.data[0] != nullptr) {
-    launch_fused_update(AdemamixElement<true>{}, c, state, step, rounding_key, offset, count);
+    launch<true>(c, state, step, rounding_key, offset, count);
   } else {
-    launch_fused_update(AdemamixElement<false>{}, c, state, step, rounding_key, offset, count);
+    launch<false>(c, state, step, rounding_key, offset, count);
   }
 }
 

@@ -5,11 +5,14 @@
 // optimizer's per-element math (src/optim/math/, the CPU's own header) and
 // writes back the master weight, the state, and the bf16 weight rounded
 // stochastically (kernels/bf16_rounding.hpp, bits from the element's global
-// index).
+// index). A state buffer stored in bf16 (device_backend.hpp's StateBuffers)
+// is widened on load and rounded stochastically on store, with the state
+// stream's bits of the same index: the optimizer's math sees floats either
+// way.
 //
 // Parallelization: a grid-stride loop where each thread takes 4 consecutive
 // elements per iteration, with 16-byte loads and stores of the fp32 arrays
-// and 8-byte ones of the bf16 arrays. A segment may start at any element, so
+// and 8-byte ones of the bf16 arrays (weights, gradients, bf16 state). A segment may start at any element, so
 // the launch peels a head of up to 3 elements (to the master's next 16-byte
 // boundary) and a tail of up to 3, done one element per thread by the first
 // threads; when the arrays are not mutually aligned (a shard starting at an
@@ -70,6 +73,20 @@ __device__ __forceinline__ void load_bf16_readonly(const uint16_t* address, floa
   }
 }
 
+// The same for a bf16 array the kernel also writes (bf16 state): plain loads.
+template <int kWidth>
+__device__ __forceinline__ void load_bf16(const uint16_t* address, float (&values)[kWidth]) {
+  if constexpr (kWidth == 4) {
+    const uint2 v = *reinterpret_cast<const uint2*>(address);
+    values[0] = bf16_bits_to_float(static_cast<uint16_t>(v.x & 0xFFFFu));
+    values[1] = bf16_bits_to_float(static_cast<uint16_t>(v.x >> 16));
+    values[2] = bf16_bits_to_float(static_cast<uint16_t>(v.y & 0xFFFFu));
+    values[3] = bf16_bits_to_float(static_cast<uint16_t>(v.y >> 16));
+  } else {
+    for (int j = 0; j < kWidth; ++j) values[j] = bf16_bits_to_float(address[j]);
+  }
+}
+
 template <int kWidth>
 __device__ __forceinline__ void store_bf16(uint16_t* address, const uint16_t (&bits)[kWidth]) {
   if constexpr (kWidth == 4) {
@@ -100,6 +117,7 @@ __device__ __forceinline__ void fused_update_elements(const Element& element, co
 #pragma unroll
   for (int b = 0; b < kBuffers; ++b) {
     if (a.state.data[b] != nullptr) load_floats<kWidth>(a.state.data[b] + i, state[b]);
+    if (a.state.bf16[b] != nullptr) load_bf16<kWidth>(a.state.bf16[b] + i, state[b]);
   }
   uint16_t rounded[kWidth];
 #pragma unroll
@@ -114,6 +132,15 @@ __device__ __forceinline__ void fused_update_elements(const Element& element, co
 #pragma unroll
   for (int b = 0; b < kBuffers; ++b) {
     if (a.state.data[b] != nullptr) store_floats<kWidth>(a.state.data[b] + i, state[b]);
+    if (a.state.bf16[b] != nullptr) {
+      uint16_t state_bits[kWidth];
+#pragma unroll
+      for (int j = 0; j < kWidth; ++j) {
+        state_bits[j] = bf16_bits_stochastic(state[b][j],
+                                             rounding_bits(a.state.bf16_rounding_key, a.element_offset + i + j));
+      }
+      store_bf16<kWidth>(a.state.bf16[b] + i, state_bits);
+    }
   }
   store_bf16<kWidth>(a.params + i, rounded);
 }
@@ -161,6 +188,7 @@ void launch_fused_update(const Element& element, const Coefficients& c, const de
                       aligned_to(arrays.params + head_end, 8);
   for (int b = 0; b < Element::kStateBuffers; ++b) {
     if (state.data[b] != nullptr) vectorizable = vectorizable && aligned_to(state.data[b] + head_end, 16);
+    if (state.bf16[b] != nullptr) vectorizable = vectorizable && aligned_to(state.bf16[b] + head_end, 8);
   }
   auto stream = static_cast<cudaStream_t>(step.stream);
   if (vectorizable) {

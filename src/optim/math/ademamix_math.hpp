@@ -10,6 +10,10 @@
 // β3(t). Without it, a row that stops receiving gradients sees ν decay faster
 // than m2² (β3 > √β2), so its update m2/√ν grows without bound while the
 // gradient stays zero: see docs/reliability.md.
+// m2 stored in bf16 (m2_dtype "bfloat16", kM2Bf16): m2's average is computed
+// as below, and the caller rounds the new m2 stochastically to bf16 when it
+// stores it (the host in ademamix.cpp, the device in fused_update.cuh); this
+// step's parameter update uses the new m2 before that rounding.
 // C++17 and host/device: the CUDA fused kernels include it unchanged.
 #include <math.h>
 
@@ -33,11 +37,24 @@ struct AdemamixCoefficients {
   float lr_weight_decay = 0.0f;  // lr·wd, or 0 where weight decay is off
 };
 
+// m2's average when m2 is stored in bf16: β·m2 + w·g with the one FMA
+// spelled out. Compilers contract ema()'s two products into an FMA as they
+// see fit (nvcc one way, g++ with FMA another, or not at all): a 1-ulp
+// difference the bf16 rounding after it would now and then turn into a
+// whole bf16 step. Spelled out, the host and the device round the same
+// float with the same bits, and store the same bf16.
+EMIX_HD float ademamix_m2_average_for_bf16(float m2, float grad, Ema e) { return fmaf(e.beta, m2, e.weight * grad); }
+
 // m1 is null when β1 = 0, which saves a third of the optimizer's memory.
+template <bool kM2Bf16 = false>
 EMIX_HD void ademamix_update(float& param, float grad, float* m1, float& m2, float& nu, const AdemamixCoefficients& c) {
   float fast = grad;
   if (m1 != nullptr) fast = *m1 = ema(*m1, grad, c.m1);
-  m2 = ema(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
+  if constexpr (kM2Bf16) {
+    m2 = ademamix_m2_average_for_bf16(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
+  } else {
+    m2 = ema(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
+  }
   nu = ema(nu, grad * grad, c.nu);
   float denominator = sqrtf(nu) * c.inv_sqrt_bias_correction2 + c.eps;
   param -= c.lr_weight_decay * param + c.lr * (fast * c.inv_bias_correction1 + c.alpha * m2) / denominator;

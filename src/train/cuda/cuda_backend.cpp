@@ -12,39 +12,44 @@
 #include "model/cuda/gpt2_cuda.hpp"
 #include "model/gpt2_cpu.hpp"
 #include "train/backend.hpp"
+#include "train/cuda/cuda_options.hpp"
 
 namespace emix {
 namespace {
 
-cuda::AttentionKind attention_kind(const std::string& name) {
-  if (name == "cudnn") return cuda::AttentionKind::cudnn;
-  if (name == "reference") return cuda::AttentionKind::reference;
-  fail("cuda.attention: \"{}\" is not one of \"cudnn\", \"reference\"", name);
-}
-
 class CudaBackend final : public ModelBackend {
  public:
   explicit CudaBackend(const Config& config)
-      : model_((require_device(), config.model), cuda::Gpt2CudaOptions{attention_kind(config.cuda.attention)}),
+      : model_((require_device(), config.model), gpt2_cuda_options(config.cuda)),
         rounding_seed_(config.training.seed),
         host_weights_(model_.num_parameters()) {}
 
   const ParameterLayout& layout() const override { return model_.layout(); }
   Placement placement() const override { return Placement::device; }
+  double peak_flops() const override { return cuda::dense_bf16_peak_flops(cuda::list_devices().at(0).name); }
 
-  std::vector<std::string> describe(int B, int T) const override {
+  std::vector<std::string> describe(int B, int T, size_t state_bytes) const override {
     std::string why;
-    const auto devices = cuda::list_devices(&why);
-    std::vector<std::string> lines = {fmt::format("device: {} ({} SMs, {} of memory)", devices.at(0).name,
-                                                  devices.at(0).multiprocessors,
-                                                  format_bytes(static_cast<double>(devices.at(0).total_memory_bytes)))};
-    size_t total = 0;
+    const cuda::DeviceInfo device = cuda::list_devices(&why).at(0);
+    std::vector<std::string> lines = {fmt::format("device: {} ({} SMs, {} of memory)", device.name, device.multiprocessors,
+                                                  format_bytes(static_cast<double>(device.total_memory_bytes)))};
+    const size_t total = table_total(B, T);
     for (const cuda::MemoryItem& item : model_.memory_table(B, T)) {
       lines.push_back(fmt::format("  memory: {:<28} {:>10}", item.name, format_bytes(static_cast<double>(item.bytes))));
-      total += item.bytes;
     }
-    lines.push_back(fmt::format("  memory: {:<28} {:>10} (model and activations for micro-batch {}×{}; optimizer state beside)",
-                                "total", format_bytes(static_cast<double>(total)), B, T));
+    lines.push_back(fmt::format("  memory: {:<28} {:>10}", "optimizer state", format_bytes(static_cast<double>(state_bytes))));
+    lines.push_back(fmt::format("  memory: {:<28} {:>10} for micro-batches of {}×{}", "total",
+                                format_bytes(static_cast<double>(total + state_bytes)), B, T));
+    // Activations grow linearly with B; the libraries' workspaces and
+    // fragmentation get a 5% margin.
+    const size_t per_sequence = table_total(2, T) - table_total(1, T);
+    const size_t fixed = table_total(1, T) - per_sequence + state_bytes;
+    const auto usable = static_cast<size_t>(0.95 * static_cast<double>(device.total_memory_bytes));
+    const size_t largest = usable > fixed ? (usable - fixed) / per_sequence : 0;
+    lines.push_back(fmt::format("  largest micro-batch that fits at T={}: about {} sequences{}", T, largest,
+                                largest < static_cast<size_t>(B) ? " (less than training.batch_size: expect out of memory; "
+                                                                   "lower it or set cuda.recompute)"
+                                                                 : ""));
     return lines;
   }
 
@@ -83,6 +88,12 @@ class CudaBackend final : public ModelBackend {
   }
 
  private:
+  size_t table_total(int B, int T) const {
+    size_t total = 0;
+    for (const cuda::MemoryItem& item : model_.memory_table(B, T)) total += item.bytes;
+    return total;
+  }
+
   static void require_device() {
     std::string why;
     if (cuda::list_devices(&why).empty()) fail("device \"cuda\": no usable GPU ({})", why);
@@ -111,4 +122,13 @@ const bool cuda_registered = register_backend("cuda", [](const Config& config) -
 });
 
 }  // namespace
+
+cuda::Gpt2CudaOptions gpt2_cuda_options(const CudaConfig& config) {
+  cuda::Gpt2CudaOptions options;
+  options.attention = config.attention == "reference" ? cuda::AttentionKind::reference : cuda::AttentionKind::cudnn;
+  if (config.recompute == "gelu") options.recompute = cuda::Recompute::gelu;
+  if (config.recompute == "gelu+layernorm") options.recompute = cuda::Recompute::gelu_layernorm;
+  return options;
+}
+
 }  // namespace emix
