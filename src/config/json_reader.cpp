@@ -56,6 +56,9 @@ Json parse_json_text(std::string_view text, std::string_view source) {
     std::string what = e.what();
     auto pos = what.find("syntax error");
     fail("{}:{}:{}: invalid JSON: {}", source, line, column, pos == std::string::npos ? what : what.substr(pos));
+  } catch (const Json::out_of_range& e) {
+    // A number too large for a double (1e999): the parser gives no position.
+    fail("{}: invalid JSON: {}", source, e.what());
   }
 }
 

@@ -14,6 +14,7 @@
 #include "kernels/cpu/layernorm.hpp"
 #include "kernels/cpu/matmul.hpp"
 #include "kernels/cpu/residual.hpp"
+#include "model/model_tensors.hpp"
 
 namespace emix {
 namespace {
@@ -21,35 +22,6 @@ namespace {
 // derive_seed purpose of tensor i's initialization: kInitStreams + i.
 constexpr uint64_t kInitStreams = 0x100;
 constexpr float kInitStd = 0.02f;
-
-// One block's tensors inside a flat buffer: F is const float for the
-// parameters and float for their gradients.
-template <typename F>
-struct BlockTensors {
-  F *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
-};
-
-template <typename F>
-struct ModelTensors {
-  F *wte, *wpe, *lnfw, *lnfb;
-  std::vector<BlockTensors<F>> blocks;
-};
-
-template <typename F>
-ModelTensors<F> tensors_in(F* base, const ParameterLayout& layout, int n_layer) {
-  auto whole = [&](std::string_view name) { return base + layout.find(name).offset; };
-  auto of_block = [&](std::string_view name, int l) {
-    const TensorInfo& t = layout.find(name);
-    return base + t.offset + static_cast<size_t>(l) * (t.count / static_cast<size_t>(n_layer));
-  };
-  ModelTensors<F> m{whole("wte"), whole("wpe"), whole("lnfw"), whole("lnfb"), {}};
-  for (int l = 0; l < n_layer; ++l) {
-    m.blocks.push_back({of_block("ln1w", l), of_block("ln1b", l), of_block("qkvw", l), of_block("qkvb", l),
-                        of_block("attprojw", l), of_block("attprojb", l), of_block("ln2w", l), of_block("ln2b", l),
-                        of_block("fcw", l), of_block("fcb", l), of_block("fcprojw", l), of_block("fcprojb", l)});
-  }
-  return m;
-}
 
 struct Shape {
   int B, T, C, NH;

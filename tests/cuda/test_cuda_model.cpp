@@ -102,10 +102,9 @@ TEST(CudaModel, MatchesTheGoldenDataAtBf16Tolerances) {
   }
 }
 
-// vocab 1001 (padded to 1024: 23 masked columns), C = 96 with 3 heads of 32,
-// T = 37: nothing is a power of two.
-TEST(CudaModel, MatchesTheCpuReferenceOnAnAwkwardShape) {
-  EMIX_REQUIRE_GPU();
+// vocab 1001 (padded to 1024: 23 masked columns), C = 96 with 3 heads of 32
+// (and T = 37 in the tests): nothing is a power of two.
+ModelConfig awkward_config() {
   ModelConfig config;
   config.vocab_size = 1001;
   config.padded_vocab_size = 1024;
@@ -113,6 +112,12 @@ TEST(CudaModel, MatchesTheCpuReferenceOnAnAwkwardShape) {
   config.n_embd = 96;
   config.n_head = 3;
   config.block_size = 64;
+  return config;
+}
+
+TEST(CudaModel, MatchesTheCpuReferenceOnAnAwkwardShape) {
+  EMIX_REQUIRE_GPU();
+  const ModelConfig config = awkward_config();
   const int B = 3, T = 37;
   const auto inputs = test::random_tokens(B * T, config.vocab_size, 11);
   const auto targets = test::random_tokens(B * T, config.vocab_size, 12);
@@ -151,13 +156,7 @@ TEST(CudaModel, MatchesTheCpuReferenceOnAnAwkwardShape) {
 // against our GELU kernel (bf16 rounding of the recomputed values).
 TEST(CudaModel, RecomputationGivesTheSameLossAndGradients) {
   EMIX_REQUIRE_GPU();
-  ModelConfig config;
-  config.vocab_size = 1001;
-  config.padded_vocab_size = 1024;
-  config.n_layer = 3;
-  config.n_embd = 96;
-  config.n_head = 3;
-  config.block_size = 64;
+  const ModelConfig config = awkward_config();
   const int B = 3, T = 37;
   const auto inputs = test::random_tokens(B * T, config.vocab_size, 21);
   const auto targets = test::random_tokens(B * T, config.vocab_size, 22);

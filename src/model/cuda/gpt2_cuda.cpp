@@ -17,38 +17,10 @@
 #include "kernels/cuda/matmul.cuh"
 #include "model/cuda/kernel_profile.hpp"
 #include "model/gpt2_cpu.hpp"
+#include "model/model_tensors.hpp"
 
 namespace emix::cuda {
 namespace {
-
-// One block's tensors inside a flat device buffer of T (bf16 weights or
-// gradients).
-template <typename T>
-struct BlockTensors {
-  T *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
-};
-
-template <typename T>
-struct ModelTensors {
-  T *wte, *wpe, *lnfw, *lnfb;
-  std::vector<BlockTensors<T>> blocks;
-};
-
-template <typename T>
-ModelTensors<T> tensors_in(T* base, const ParameterLayout& layout, int n_layer) {
-  auto whole = [&](std::string_view name) { return base + layout.find(name).offset; };
-  auto of_block = [&](std::string_view name, int l) {
-    const TensorInfo& t = layout.find(name);
-    return base + t.offset + static_cast<size_t>(l) * (t.count / static_cast<size_t>(n_layer));
-  };
-  ModelTensors<T> m{whole("wte"), whole("wpe"), whole("lnfw"), whole("lnfb"), {}};
-  for (int l = 0; l < n_layer; ++l) {
-    m.blocks.push_back({of_block("ln1w", l), of_block("ln1b", l), of_block("qkvw", l), of_block("qkvb", l),
-                        of_block("attprojw", l), of_block("attprojb", l), of_block("ln2w", l), of_block("ln2b", l),
-                        of_block("fcw", l), of_block("fcb", l), of_block("fcprojw", l), of_block("fcprojb", l)});
-  }
-  return m;
-}
 
 template <typename T>
 T* device_alloc(size_t count) {
