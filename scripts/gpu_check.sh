@@ -7,7 +7,7 @@
 # build/tests/test_cuda with the golden data, the tokenizer and a slice of
 # real token shards into gpu_carry/ (git-ignored, under the device tool's
 # 64 MiB). On the GPU machine, from the repository root, carrying gpu_carry:
-#   scripts/gpu_check.sh [quick]     # quick: tests only
+#   scripts/gpu_check.sh [quick|sanitize]   # quick: tests only; sanitize: tests under compute-sanitizer
 # The GPU image has the CUDA toolkit (cuBLAS/cuBLASLt) but keeps cuDNN in
 # PyTorch's wheel: the loader is pointed there when ldd cannot find it.
 set -uo pipefail
@@ -37,6 +37,24 @@ echo "== GPU tests"
 timeout 300 build/tests/test_cuda --gtest_color=no 2>&1 | tee "$OUT/test_cuda.log"
 tests_status=${PIPESTATUS[0]}
 [[ "${1:-}" == quick ]] && exit "$tests_status"
+if [[ "${1:-}" == sanitize ]]; then
+  # memcheck over the GPU tests (the 50-step curve test is left out: it only
+  # repeats the kernels already covered, 50 times slower); racecheck over our
+  # kernels and the optimizers (cuBLAS's and cuDNN's own kernels report
+  # hazards racecheck cannot judge).
+  echo "== compute-sanitizer memcheck"
+  compute-sanitizer --tool memcheck --error-exitcode 3 build/tests/test_cuda \
+    --gtest_filter='-CudaModel.FollowsTheCpuLossCurveFor50Steps' > "$OUT/memcheck.log" 2>&1
+  memcheck_status=$?
+  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log"
+  echo "== compute-sanitizer racecheck"
+  compute-sanitizer --tool racecheck build/tests/test_cuda \
+    --gtest_filter='CudaLayerNorm*:CudaEncoder*:CudaGlobalNorm*:*Classifier*:SumLosses*:MatmulBiasGrad*:CudaOptimizers*' \
+    > "$OUT/racecheck.log" 2>&1
+  grep -E "RACECHECK SUMMARY|PASSED|FAILED" "$OUT/racecheck.log"
+  grep -E "Race reported" "$OUT/racecheck.log" | grep -vE "nvjet|cudnn" && exit 1
+  exit "$memcheck_status"
+fi
 
 echo "== benchmarks (emix bench: median of 20 steps after 5 warm-ups, random tokens)"
 bench() {  # config, then --set overrides

@@ -141,6 +141,9 @@ struct DeviceArrays {
   }
 
   void upload_gradients(int t) {
+    // The previous step's kernel (on a non-blocking stream, which the
+    // default stream's copy does not wait for) may still read the gradients.
+    EMIX_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<cuda::bf16> padded(kSize + shift, test::to_bf16(0.0f));
     std::vector<cuda::bf16> g = bf16_gradients(t);
     std::copy(g.begin(), g.end(), padded.begin() + static_cast<std::ptrdiff_t>(shift));
