@@ -12,6 +12,7 @@ rm -rf gpu_carry/golden gpu_carry/gpt2_tokenizer
 cp -r "${GOLDEN_DIR:-../shared/golden}" gpu_carry/golden
 cp -r data/gpt2_tokenizer gpu_carry/gpt2_tokenizer
 python3 - <<'PY'
+import os
 import struct
 def crop(src, dst, n):
     with open(src, 'rb') as f:
@@ -21,7 +22,7 @@ def crop(src, dst, n):
     words[2] = len(tokens) // 2
     with open(dst, 'wb') as f:
         f.write(struct.pack('<256i', *words) + tokens)
-crop('data/gutenberg/gutenberg_train_000000.bin', 'gpu_carry/data/bench_train_000000.bin', 6_000_000)
+crop("data/gutenberg/gutenberg_train_000000.bin", "gpu_carry/data/bench_train_000000.bin", int(os.environ.get("GPU_TRAIN_TOKENS", 6_000_000)))
 crop('data/gutenberg/gutenberg_val_000000.bin', 'gpu_carry/data/bench_val_000000.bin', 300_000)
 PY
 du -sh gpu_carry
