@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -72,6 +73,42 @@ std::string error_message(const Json& hyperparameters) {
   }
   ADD_FAILURE() << "expected an emix::Error";
   return "";
+}
+
+// Why m2 needs stochastic rounding in bf16: with β3 = 0.9999 each step moves
+// m2 by 1e-4·(g − m2), which is below half a bf16 ulp as soon as m2 exceeds
+// 2⁻⁵ ≈ 0.031 (g = 1): round-to-nearest then returns the old value every step and
+// m2 freezes far from its average, while stochastic rounding is unbiased and
+// its mean follows the fp32 average.
+TEST(AdemamixBf16M2, RoundToNearestFreezesM2AndStochasticRoundingDoesNot) {
+  constexpr double kBeta3 = 0.9999;
+  constexpr int kSteps = 20000;
+  constexpr int kElements = 2048;
+  auto round_to_nearest = [](float x) {  // bf16 round-to-nearest-even of a finite float
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return bf16_bits_to_float(static_cast<uint16_t>(bits >> 16));
+  };
+  float nearest = 0.0f;
+  std::vector<float> stochastic(kElements, 0.0f);
+  const auto beta = static_cast<float>(kBeta3), weight = static_cast<float>(1.0 - kBeta3);
+  for (int t = 1; t <= kSteps; ++t) {
+    nearest = round_to_nearest(beta * nearest + weight * 1.0f);
+    const uint64_t key = rounding_key(7, static_cast<uint64_t>(t));
+    for (int i = 0; i < kElements; ++i) {
+      const float average = beta * stochastic[i] + weight * 1.0f;
+      stochastic[i] = bf16_bits_to_float(bf16_bits_stochastic(average, rounding_bits(key, static_cast<uint64_t>(i))));
+    }
+  }
+  const double exact = 1.0 - std::pow(kBeta3, kSteps);  // 0.8647
+  double mean = 0.0;
+  for (float v : stochastic) mean += v;
+  mean /= kElements;
+  std::printf("[  MEASURE ] m2 after %d steps of g = 1, beta3 %.4f: exact %.4f, bf16 nearest %.4f, bf16 stochastic mean %.4f\n",
+              kSteps, kBeta3, exact, nearest, mean);
+  EXPECT_LT(nearest, 0.05);                          // frozen near its start
+  EXPECT_NEAR(mean, exact, 0.01 * exact);            // unbiased
 }
 
 TEST(AdemamixBf16M2, OptionIsValidatedAndDefaultsToFloat32) {
