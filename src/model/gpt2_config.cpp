@@ -6,6 +6,21 @@ namespace emix {
 
 int pad_vocab(int vocab_size, int multiple) { return (vocab_size + multiple - 1) / multiple * multiple; }
 
+void check_token_batch(std::span<const int32_t> ids, std::string_view what, int B, int T, const ModelConfig& c) {
+  if (B <= 0 || T <= 0) fail("batch shape must be positive, got B={} T={}", B, T);
+  if (T > c.block_size) fail("sequence length {} exceeds the model's block_size {}", T, c.block_size);
+  if (ids.size() != static_cast<size_t>(B) * static_cast<size_t>(T)) {
+    fail("{} hold {} token ids, but B·T = {}·{} = {}", what, ids.size(), B, T, static_cast<int64_t>(B) * T);
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= c.vocab_size) fail("{} contain token id {}, outside the vocabulary (size {})", what, id, c.vocab_size);
+  }
+}
+
+double training_flops_per_token(const ModelConfig& c, size_t num_parameters, int T) {
+  return 6.0 * static_cast<double>(num_parameters) + 6.0 * c.n_layer * c.n_embd * static_cast<double>(T);
+}
+
 void ModelConfig::validate() const {
   auto positive = [](int value, const char* key) {
     if (value <= 0) fail("config key 'model.{}' must be positive, got {}", key, value);

@@ -4,6 +4,7 @@
 // checkpoint, a golden params.bin and the GPU buffers share one layout.
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +28,15 @@ struct ModelConfig {
 
 // The smallest multiple of `multiple` that is >= vocab_size.
 int pad_vocab(int vocab_size, int multiple);
+
+// Checks a batch of B sequences of T token ids for a model: positive shape,
+// T <= block_size, B·T ids, each < vocab_size; throws naming `what`
+// ("inputs", "targets") and the offending value. Both backends call it.
+void check_token_batch(std::span<const int32_t> ids, std::string_view what, int B, int T, const ModelConfig& config);
+
+// Training FLOPs per token, for MFU: 6 per parameter (forward 2, backward 4)
+// plus the attention scores and their use, 6·L·C·T.
+double training_flops_per_token(const ModelConfig& config, size_t num_parameters, int T);
 
 struct TensorInfo {
   std::string name;

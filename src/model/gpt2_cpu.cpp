@@ -48,17 +48,6 @@ void grow(std::vector<T>& buffer, int64_t size) {
   if (buffer.size() < static_cast<size_t>(size)) buffer.resize(static_cast<size_t>(size));
 }
 
-void check_tokens(std::span<const int32_t> ids, std::string_view what, int B, int T, const ModelConfig& c) {
-  if (B <= 0 || T <= 0) fail("batch shape must be positive, got B={} T={}", B, T);
-  if (T > c.block_size) fail("sequence length {} exceeds the model's block_size {}", T, c.block_size);
-  if (ids.size() != static_cast<size_t>(B) * static_cast<size_t>(T)) {
-    fail("{} hold {} token ids, but B·T = {}·{} = {}", what, ids.size(), B, T, static_cast<int64_t>(B) * T);
-  }
-  for (int32_t id : ids) {
-    if (id < 0 || id >= c.vocab_size) fail("{} contain token id {}, outside the vocabulary (size {})", what, id, c.vocab_size);
-  }
-}
-
 void block_forward(const BlockActivations& x, const float* residual, const BlockTensors<const float>& w, float* projected,
                    const Shape& s) {
   const int C = s.C;
@@ -173,7 +162,7 @@ void init_gpt2_weights(std::span<float> params, const ModelConfig& config, const
 void Gpt2Cpu::init_weights(uint64_t seed) { init_gpt2_weights(params_, config_, layout_, seed); }
 
 const float* Gpt2Cpu::forward_blocks(std::span<const int32_t> inputs, int B, int T) {
-  check_tokens(inputs, "inputs", B, T, config_);
+  check_token_batch(inputs, "inputs", B, T, config_);
   Activations& a = *acts_;
   a.ready_for_backward = false;
   a.shape = Shape{B, T, config_.n_embd, config_.n_head, static_cast<int64_t>(B) * T};
@@ -186,7 +175,7 @@ const float* Gpt2Cpu::forward_blocks(std::span<const int32_t> inputs, int B, int
 }
 
 float Gpt2Cpu::forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T) {
-  if (!targets.empty()) check_tokens(targets, "targets", B, T, config_);
+  if (!targets.empty()) check_token_batch(targets, "targets", B, T, config_);
   const float* last = forward_blocks(inputs, B, T);
   Activations& a = *acts_;
   const int64_t N = a.shape.N;

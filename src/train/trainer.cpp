@@ -183,19 +183,14 @@ void Trainer::log_progress(const StepRecord& r, double step_seconds) {
   double seconds_per_step = train_seconds_ / static_cast<double>(std::max<int64_t>(1, history_.size()));
   double tokens_per_second = static_cast<double>(config_.training.total_batch_tokens) / step_seconds;
   const double peak = backend_->peak_flops();
-  std::string mfu = peak > 0.0 ? fmt::format(" | MFU {:.1f}%", 100.0 * tokens_per_second * flops_per_token() / peak) : "";
+  const double flops_per_token =
+      training_flops_per_token(config_.model, backend_->layout().num_parameters(), config_.training.seq_len);
+  std::string mfu = peak > 0.0 ? fmt::format(" | MFU {:.1f}%", 100.0 * tokens_per_second * flops_per_token / peak) : "";
   spdlog::info("step {:>{}}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {} tok/s{} | {:.0f} ms/step | ETA {}", r.step,
                std::to_string(total).size(), total, r.loss, r.lr, r.grad_norm, format_count(tokens_per_second), mfu,
                1000.0 * step_seconds, format_duration(seconds_per_step * static_cast<double>(total - r.step)));
 }
 
-double Trainer::flops_per_token() const {
-  // 6 FLOPs per parameter and token (forward 2, backward 4), plus the
-  // attention scores and their use: 6·L·C·T.
-  const ModelConfig& m = config_.model;
-  return 6.0 * static_cast<double>(backend_->layout().num_parameters()) +
-         6.0 * m.n_layer * m.n_embd * static_cast<double>(config_.training.seq_len);
-}
 
 namespace {
 // How many standard deviations `value` lies above the mean of `window`.

@@ -67,8 +67,6 @@ class Trainer {
   void restore(const Checkpoint& checkpoint);
   Json run_state() const;
   void log_progress(const StepRecord& record, double step_seconds);
-  // Training FLOPs per token for MFU: 6N + 6·L·C·T.
-  double flops_per_token() const;
   void write_sample();
 
   Config config_;

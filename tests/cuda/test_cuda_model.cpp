@@ -71,6 +71,7 @@ TEST(CudaModel, MatchesTheGoldenDataAtBf16Tolerances) {
   for (const auto& dir : dirs) {
     const Json meta = Json::parse(read_text_file(dir / "meta.json"));
     const ModelConfig golden = test::golden_model_config(meta);
+    const ParameterLayout golden_layout(golden);
     ModelConfig config = golden;
     config.padded_vocab_size = pad_vocab(golden.vocab_size, 128);
     const int B = meta.at("batch").at("B"), T = meta.at("batch").at("T");
@@ -84,16 +85,16 @@ TEST(CudaModel, MatchesTheGoldenDataAtBf16Tolerances) {
       auto model = make_model(config, kind);
       if (!model) continue;
       std::vector<float> padded(model->num_parameters(), 0.0f);
-      copy_by_name(params, ParameterLayout(golden), padded, model->layout());
+      copy_by_name(params, golden_layout, padded, model->layout());
       model->set_weights(padded);
       model->zero_grad();
       const float loss = model->forward_backward(inputs, targets, B, T, 1.0f);
       EXPECT_LE(std::fabs(loss - reference_loss) / reference_loss, kBf16LossTolerance) << loss << " vs " << reference_loss;
       std::vector<float> grads(params.size());
-      copy_by_name(download_grads(*model), model->layout(), grads, ParameterLayout(golden));
-      for (const TensorInfo& t : ParameterLayout(golden).tensors()) {
-        const double error = test::relative_error(tensor_of(grads, ParameterLayout(golden), t.name),
-                                                  tensor_of(reference_grads, ParameterLayout(golden), t.name));
+      copy_by_name(download_grads(*model), model->layout(), grads, golden_layout);
+      for (const TensorInfo& t : golden_layout.tensors()) {
+        const double error = test::relative_error(tensor_of(grads, golden_layout, t.name),
+                                                  tensor_of(reference_grads, golden_layout, t.name));
         EXPECT_LE(error, kBf16GradientTolerance) << "gradient of " << t.name;
       }
       // Evaluation gives the same loss as training's forward.

@@ -29,17 +29,6 @@ T* device_alloc(size_t count) {
   return static_cast<T*>(p);
 }
 
-void check_batch(std::span<const int32_t> ids, std::string_view what, int B, int T, const ModelConfig& c) {
-  if (B <= 0 || T <= 0) fail("batch shape must be positive, got B={} T={}", B, T);
-  if (T > c.block_size) fail("sequence length {} exceeds the model's block_size {}", T, c.block_size);
-  if (ids.size() != static_cast<size_t>(B) * static_cast<size_t>(T)) {
-    fail("{} hold {} token ids, but B·T = {}·{} = {}", what, ids.size(), B, T, static_cast<int64_t>(B) * T);
-  }
-  for (int32_t id : ids) {
-    if (id < 0 || id >= c.vocab_size) fail("{} contain token id {}, outside the vocabulary (size {})", what, id, c.vocab_size);
-  }
-}
-
 // One block's saved activations (rows N = B·T).
 struct BlockActivations {
   bf16 *ln1, *qkv, *atty, *residual2, *ln2, *fch, *fch_gelu, *residual3;
@@ -244,8 +233,8 @@ float Gpt2Cuda::forward_backward(std::span<const int32_t> inputs, std::span<cons
 
 float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
                             float grad_scale, bool write_grad) {
-  check_batch(inputs, "inputs", B, T, config_);
-  check_batch(targets, "targets", B, T, config_);
+  check_token_batch(inputs, "inputs", B, T, config_);
+  check_token_batch(targets, "targets", B, T, config_);
   Activations& a = *acts_;
   a.ensure(config_, options_.recompute, B, T);
   const int C = config_.n_embd, NH = config_.n_head, V = config_.vocab_size, Vp = config_.padded_vocab_size;

@@ -150,7 +150,7 @@ void run_cuda_benchmark(const Config& config, int warmup, int steps) {
   const size_t total_bytes = devices[0].total_memory_bytes;
   const double tokens = static_cast<double>(B) * T;
   const double total_ms = step_ms + optimizer_ms;
-  const double flops_per_token = 6.0 * static_cast<double>(model.num_parameters()) + 6.0 * m.n_layer * m.n_embd * static_cast<double>(T);
+  const double flops_per_token = training_flops_per_token(m, model.num_parameters(), T);
   const double peak = cuda::dense_bf16_peak_flops(devices[0].name);
   const std::string optimizer_name = config.optimizer.at("name").get<std::string>();
   std::printf("device                  %s\n", devices[0].name.c_str());

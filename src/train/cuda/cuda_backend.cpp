@@ -22,11 +22,12 @@ class CudaBackend final : public ModelBackend {
   explicit CudaBackend(const Config& config)
       : model_((require_device(), config.model), gpt2_cuda_options(config.cuda)),
         rounding_seed_(config.training.seed),
+        peak_flops_(cuda::dense_bf16_peak_flops(cuda::list_devices().at(0).name)),
         host_weights_(model_.num_parameters()) {}
 
   const ParameterLayout& layout() const override { return model_.layout(); }
   Placement placement() const override { return Placement::device; }
-  double peak_flops() const override { return cuda::dense_bf16_peak_flops(cuda::list_devices().at(0).name); }
+  double peak_flops() const override { return peak_flops_; }
 
   std::vector<std::string> describe(int B, int T, size_t state_bytes) const override {
     std::string why;
@@ -113,6 +114,7 @@ class CudaBackend final : public ModelBackend {
 
   cuda::Gpt2Cuda model_;
   uint64_t rounding_seed_;
+  double peak_flops_;  // of the device, read once: the progress line asks at every log interval
   std::vector<float> host_weights_;
   std::optional<Gpt2Cpu> sampler_;
 };
