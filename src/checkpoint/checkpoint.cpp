@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <map>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -10,6 +12,7 @@
 #include "core/crc32.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
+#include "distributed/communicator.hpp"
 
 namespace emix {
 namespace fs = std::filesystem;
@@ -20,13 +23,14 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr uint64_t kPrefixBytes = 24;
 constexpr uint64_t kAlignment = 64;
 constexpr const char* kManifest = "manifest.json";
-constexpr const char* kDataFile = "rank_00000.bin";
 // Sections are checksummed in chunks so verification streams through memory.
 constexpr size_t kChunkBytes = size_t{1} << 24;
 
 uint64_t align_up(uint64_t value) { return (value + kAlignment - 1) / kAlignment * kAlignment; }
 
 std::string step_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+
+std::string data_file_name(int rank) { return fmt::format("rank_{:05d}.bin", rank); }
 
 // Writes one data file; returns the CRC of its header for the manifest.
 uint32_t write_data_file(const fs::path& path, std::span<const TensorRef> tensors) {
@@ -91,35 +95,94 @@ int64_t step_of(const fs::path& dir) {
 }
 }  // namespace
 
-fs::path save_checkpoint(const fs::path& dir, int64_t step, const Json& state, std::span<const TensorRef> tensors) {
-  fs::create_directories(dir);
-  fs::path final_dir = dir / step_dir_name(step);
-  fs::path temp_dir = dir / (step_dir_name(step) + ".tmp");
-  std::error_code ignored;
-  fs::remove_all(temp_dir, ignored);  // leftovers of an interrupted save
+namespace {
+// Runs one phase of a collective save on every rank: `body` may throw an
+// emix::Error or a filesystem error on some ranks only; then every rank
+// throws (Communicator::check_all), after `cleanup` on the failed ones.
+template <typename Body>
+void collective_phase(Communicator& comm, const fs::path& final_dir, const Body& body) {
+  std::string error;
   try {
+    body();
+  } catch (const fs::filesystem_error& e) {
+    error = fmt::format("cannot write checkpoint {}: {}", final_dir.string(), e.what());
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  comm.check_all(error.empty(), error);
+}
+
+// The data file of every rank that wrote one, from the ranks' (bytes, header
+// CRC) pairs, gathered exactly (both fit a double's 53-bit mantissa).
+Json gather_file_entries(Communicator& comm, const std::optional<std::pair<uint64_t, uint32_t>>& mine) {
+  const auto world = static_cast<size_t>(comm.world_size());
+  std::vector<double> table(3 * world, 0.0);
+  if (mine) {
+    const size_t r = static_cast<size_t>(comm.rank());
+    table[3 * r] = 1.0;
+    table[3 * r + 1] = static_cast<double>(mine->first);
+    table[3 * r + 2] = static_cast<double>(mine->second);
+  }
+  comm.all_reduce_sum(std::span<double>(table));
+  Json files = Json::array();
+  for (size_t r = 0; r < world; ++r) {
+    if (table[3 * r] == 0.0) continue;
+    files.push_back({{"name", data_file_name(static_cast<int>(r))},
+                     {"bytes", static_cast<uint64_t>(table[3 * r + 1])},
+                     {"header_crc32", static_cast<uint32_t>(table[3 * r + 2])}});
+  }
+  return files;
+}
+}  // namespace
+
+fs::path save_checkpoint(Communicator& comm, const fs::path& dir, int64_t step, const Json& state,
+                         std::span<const TensorRef> tensors) {
+  const fs::path final_dir = dir / step_dir_name(step);
+  const fs::path temp_dir = dir / (step_dir_name(step) + ".tmp");
+  const bool leader = comm.rank() == 0;
+  std::error_code ignored;
+  auto discard_on_failure = [&](const auto& body) {
+    try {
+      collective_phase(comm, final_dir, body);
+    } catch (...) {
+      if (leader) fs::remove_all(temp_dir, ignored);
+      throw;
+    }
+  };
+  // 1. The leader prepares the temporary directory (removing leftovers of
+  //    an interrupted save); 2. every rank writes its own data file into it;
+  //    3. only when all of them succeeded does the leader write the manifest
+  //    and rename the directory into place: that rename is the commit.
+  collective_phase(comm, final_dir, [&] {
+    if (!leader) return;
+    fs::create_directories(dir);
+    fs::remove_all(temp_dir);
     fs::create_directory(temp_dir);
-    uint32_t header_crc = write_data_file(temp_dir / kDataFile, tensors);
-    Json manifest = {{"format", "emix-checkpoint"},
-                     {"version", kFormatVersion},
-                     {"step", step},
-                     {"world_size", 1},
-                     {"files", Json::array({{{"name", kDataFile}, {"bytes", fs::file_size(temp_dir / kDataFile)},
-                                             {"header_crc32", header_crc}}})},
-                     {"state", state}};
+  });
+  std::optional<std::pair<uint64_t, uint32_t>> mine;
+  discard_on_failure([&] {
+    if (tensors.empty()) return;
+    const fs::path file = temp_dir / data_file_name(comm.rank());
+    uint32_t header_crc = write_data_file(file, tensors);
+    mine = std::make_pair(static_cast<uint64_t>(fs::file_size(file)), header_crc);
+  });
+  Json files = gather_file_entries(comm, mine);
+  discard_on_failure([&] {
+    if (!leader) return;
+    Json manifest = {{"format", "emix-checkpoint"}, {"version", kFormatVersion}, {"step", step},
+                     {"world_size", comm.world_size()}, {"files", files}, {"state", state}};
     write_text_file_atomic(temp_dir / kManifest, manifest.dump(1));
     // A checkpoint of the same step (e.g. saved again after a resume) is replaced.
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(temp_dir, final_dir);
     fsync_directory(dir);
-  } catch (const fs::filesystem_error& e) {
-    fs::remove_all(temp_dir, ignored);
-    fail("cannot write checkpoint {}: {}", final_dir.string(), e.what());
-  } catch (...) {
-    fs::remove_all(temp_dir, ignored);
-    throw;
-  }
+  });
   return final_dir;
+}
+
+fs::path save_checkpoint(const fs::path& dir, int64_t step, const Json& state, std::span<const TensorRef> tensors) {
+  auto comm = make_local_communicator();
+  return save_checkpoint(*comm, dir, step, state, tensors);
 }
 
 Checkpoint Checkpoint::open(const fs::path& path) {
@@ -175,32 +238,74 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   } catch (const Json::exception& e) {
     fail_file(manifest_path, "malformed checkpoint metadata: {}", e.what());
   }
+  ckpt.check_tensors_are_whole();
   return ckpt;
 }
 
-const Checkpoint::Section& Checkpoint::section(std::string_view name) const {
+std::vector<const Checkpoint::Section*> Checkpoint::sections_of(std::string_view name) const {
+  std::vector<const Section*> parts;
   for (const auto& s : sections_) {
-    if (s.name == name) return s;
+    if (s.name == name) parts.push_back(&s);
   }
-  fail_file(path_, "checkpoint has no tensor '{}'", name);
+  if (parts.empty()) fail_file(path_, "checkpoint has no tensor '{}'", name);
+  std::sort(parts.begin(), parts.end(), [](const Section* a, const Section* b) { return a->global_offset < b->global_offset; });
+  return parts;
+}
+
+void Checkpoint::check_tensors_are_whole() const {
+  std::vector<std::string> names;
+  for (const auto& s : sections_) {
+    if (std::find(names.begin(), names.end(), s.name) == names.end()) names.push_back(s.name);
+  }
+  for (const auto& name : names) {
+    uint64_t covered = 0;
+    for (const Section* part : sections_of(name)) {
+      if (part->global_offset != covered) {
+        fail_file(part->file, "tensor '{}': this file holds elements from {}, but the parts before it end at {}: a rank's "
+                  "part is missing or overlaps another",
+                  name, part->global_offset, covered);
+      }
+      covered += part->count;
+    }
+  }
 }
 
 bool Checkpoint::has_tensor(std::string_view name) const {
   return std::any_of(sections_.begin(), sections_.end(), [&](const Section& s) { return s.name == name; });
 }
 
-uint64_t Checkpoint::tensor_count(std::string_view name) const { return section(name).count; }
+uint64_t Checkpoint::tensor_count(std::string_view name) const {
+  const Section* last = sections_of(name).back();
+  return last->global_offset + last->count;
+}
 
 void Checkpoint::read_tensor(std::string_view name, std::span<float> out) const {
-  const Section& s = section(name);
-  if (out.size() != s.count) {
-    fail_file(s.file, "tensor '{}' has {} elements, but the model expects {}: the checkpoint is for another model shape",
-              name, s.count, out.size());
+  const uint64_t count = tensor_count(name);
+  if (out.size() != count) {
+    fail_file(path_, "tensor '{}' has {} elements, but the model expects {}: the checkpoint is for another model shape",
+              name, count, out.size());
   }
-  FileReader file(s.file);
-  file.read_at(s.offset, out.data(), out.size_bytes());
-  if (crc32(out.data(), out.size_bytes()) != s.crc) {
-    fail_file(s.file, "checksum mismatch in section '{}': the file changed while reading", name);
+  read_tensor_range(name, 0, out);
+}
+
+void Checkpoint::read_tensor_range(std::string_view name, uint64_t first, std::span<float> out) const {
+  const uint64_t end = first + out.size();
+  if (end > tensor_count(name)) {
+    fail_file(path_, "tensor '{}' has {} elements; elements [{}, {}) were asked for", name, tensor_count(name), first, end);
+  }
+  for (const Section* part : sections_of(name)) {
+    const uint64_t begin = std::max(first, part->global_offset);
+    const uint64_t stop = std::min(end, part->global_offset + part->count);
+    if (begin >= stop) continue;
+    float* destination = out.data() + (begin - first);
+    const uint64_t elements = stop - begin;
+    FileReader file(part->file);
+    file.read_at(part->offset + (begin - part->global_offset) * sizeof(float), destination, elements * sizeof(float));
+    // open() verified every section; a section read whole is verified again
+    // in case the file changed since.
+    if (elements == part->count && crc32(destination, elements * sizeof(float)) != part->crc) {
+      fail_file(part->file, "checksum mismatch in section '{}': the file changed while reading", name);
+    }
   }
 }
 

@@ -1,13 +1,18 @@
 #pragma once
 // Checkpoints: one directory per checkpoint, `<dir>/step_00001000/`, holding
 //   manifest.json   the run state (step, config, loader position, RNG states,
-//                   optimizer scalars), the list of data files with sizes,
-//                   and a CRC-32 of each data file's header;
-//   rank_00000.bin  named float tensors ("params", "optimizer.m2", ...), each
-//                   tagged with its offset in the flat global buffer and its
-//                   own CRC-32, so a sharded run can write one file per rank.
+//                   optimizer scalars), the number of ranks that wrote it,
+//                   the list of data files with sizes, and a CRC-32 of each
+//                   data file's header;
+//   rank_NNNNN.bin  one per rank that had something to write: named float
+//                   tensors ("params", "optimizer.m2", ...), each tagged with
+//                   its offset in the flat global buffer and its own CRC-32.
+//                   A tensor may be split over several files (a ZeRO shard
+//                   per rank); its parts must tile [0, count) exactly.
 // The directory is assembled under a temporary name, every file fsynced, and
-// renamed into place: a checkpoint is either complete or invisible.
+// renamed into place by rank 0 once every rank has written its file: a
+// checkpoint is either complete or invisible, and a reader never needs to
+// know how many ranks wrote it (a run resumes on any number of ranks).
 //
 // Data file layout (little-endian):
 //   0  char[8]  "EMIXCKPT"
@@ -35,8 +40,17 @@ struct TensorRef {
   uint64_t global_offset = 0;  // where data starts in the flat global buffer
 };
 
-// Writes a checkpoint for `step` with one data file (rank 0 of 1) and
-// returns its directory. Throws (keeping any older checkpoint) on failure.
+class Communicator;
+
+// Collective: every rank of `comm` calls it with the same dir and step and
+// its own part of the tensors (none for a rank with nothing to write); the
+// manifest gets rank 0's `state`. Returns the checkpoint's directory. If
+// any rank fails, every rank throws and no checkpoint appears (older ones
+// are kept). The directory must be one all ranks see (a shared filesystem
+// when the ranks run on several nodes).
+std::filesystem::path save_checkpoint(Communicator& comm, const std::filesystem::path& dir, int64_t step, const Json& state,
+                                      std::span<const TensorRef> tensors);
+// The same for a single process (one data file).
 std::filesystem::path save_checkpoint(const std::filesystem::path& dir, int64_t step, const Json& state,
                                       std::span<const TensorRef> tensors);
 
@@ -50,9 +64,13 @@ class Checkpoint {
   int64_t step() const { return step_; }
   const Json& state() const { return state_; }
   bool has_tensor(std::string_view name) const;
+  // Elements of a tensor, over all its parts.
   uint64_t tensor_count(std::string_view name) const;
   // Reads a whole tensor; `out` must have exactly its element count.
   void read_tensor(std::string_view name, std::span<float> out) const;
+  // Reads elements [first, first + out.size()) of a tensor, from whichever
+  // parts hold them (a shard of another number of ranks).
+  void read_tensor_range(std::string_view name, uint64_t first, std::span<float> out) const;
 
  private:
   struct Section {
@@ -63,7 +81,9 @@ class Checkpoint {
     uint32_t crc = 0;
     std::filesystem::path file;
   };
-  const Section& section(std::string_view name) const;
+  // The parts of a tensor by global offset; throws when there is none.
+  std::vector<const Section*> sections_of(std::string_view name) const;
+  void check_tensors_are_whole() const;
 
   std::filesystem::path path_;
   int64_t step_ = 0;

@@ -51,7 +51,9 @@ TrainingConfig read_training(JsonObjectReader r) {
   t.time_limit_minutes = r.get("time_limit_minutes", t.time_limit_minutes);
   t.outlier_zscore = r.get("outlier_zscore", t.outlier_zscore);
   t.outlier_window = r.get("outlier_window", t.outlier_window);
+  t.zero_stage = r.get("zero_stage", t.zero_stage);
   r.reject_unknown_keys();
+  if (t.zero_stage != 0 && t.zero_stage != 1) fail("config key 'training.zero_stage' must be 0 or 1, got {}", t.zero_stage);
   if (t.batch_size <= 0) fail("config key 'training.batch_size' must be positive, got {}", t.batch_size);
   if (t.seq_len <= 0) fail("config key 'training.seq_len' must be positive, got {}", t.seq_len);
   if (t.total_batch_tokens == 0) t.total_batch_tokens = static_cast<int64_t>(t.batch_size) * t.seq_len;
@@ -189,7 +191,7 @@ Json Config::to_json() const {
         {"eval_interval", training.eval_interval}, {"eval_batches", training.eval_batches}, {"seed", training.seed},
         {"threads", training.threads}, {"max_consecutive_skips", training.max_consecutive_skips},
         {"time_limit_minutes", training.time_limit_minutes}, {"outlier_zscore", training.outlier_zscore},
-        {"outlier_window", training.outlier_window}}},
+        {"outlier_window", training.outlier_window}, {"zero_stage", training.zero_stage}}},
       {"checkpoint",
        {{"dir", checkpoint.dir}, {"interval", checkpoint.interval}, {"keep_last", checkpoint.keep_last},
         {"milestone_interval", checkpoint.milestone_interval}}},

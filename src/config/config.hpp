@@ -37,6 +37,7 @@ struct TrainingConfig {
   double outlier_zscore = 0.0;      // skip steps whose loss or gradient norm is this many σ above the window; 0: off
   int outlier_window = 100;         // applied steps the outlier statistics are taken over
   double time_limit_minutes = 0.0;  // stop (with a checkpoint) before this much wall time; 0: none
+  int zero_stage = 0;               // under mpirun: 0 replicates the optimizer state, 1 shards it (ZeRO-1)
 
   // Derived: micro-batches accumulated per step (per rank).
   int accumulation_steps(int world_size = 1) const;

@@ -9,7 +9,6 @@
 namespace emix {
 namespace {
 
-constexpr size_t kBlockSize = size_t{1} << 16;
 constexpr size_t kLanes = 8;
 
 // Eight running sums, element i going to sum i mod 8: an order fixed by the
@@ -27,17 +26,21 @@ double block_sum_of_squares(const float* values, size_t count) {
 
 }  // namespace
 
-double sum_of_squares(std::span<const float> values) {
-  const size_t blocks = (values.size() + kBlockSize - 1) / kBlockSize;
+std::vector<double> block_sums_of_squares(std::span<const float> values) {
+  const size_t blocks = (values.size() + kSumOfSquaresBlock - 1) / kSumOfSquaresBlock;
   std::vector<double> partial(blocks);
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < static_cast<int64_t>(blocks); ++b) {
-    size_t begin = static_cast<size_t>(b) * kBlockSize;
+    size_t begin = static_cast<size_t>(b) * kSumOfSquaresBlock;
     partial[static_cast<size_t>(b)] =
-        block_sum_of_squares(values.data() + begin, std::min(kBlockSize, values.size() - begin));
+        block_sum_of_squares(values.data() + begin, std::min(kSumOfSquaresBlock, values.size() - begin));
   }
+  return partial;
+}
+
+double sum_of_squares(std::span<const float> values) {
   double sum = 0.0;
-  for (double p : partial) sum += p;
+  for (double p : block_sums_of_squares(values)) sum += p;
   return sum;
 }
 

@@ -2,13 +2,25 @@
 // Gradient clipping by global L2 norm. The sum of squares is accumulated in
 // double in an order fixed by the length alone (fixed blocks, their partial
 // sums added in block order), so it is the same for every number of OpenMP
-// threads. A distributed run adds up each rank's sum_of_squares and clips
-// every rank with the total's square root.
+// threads. A ZeRO-sharded run gathers the block sums of every rank's shard
+// and adds them in the same order (train/data_parallel.cpp).
+#include <cstddef>
 #include <span>
+#include <vector>
 
 namespace emix {
 
-// Σ xᵢ², in double.
+// Σ xᵢ² is summed over blocks of this many elements (the block of element
+// i is i / kSumOfSquaresBlock), each block in double, and the block sums are
+// added in block order. A ZeRO shard that starts at a multiple of it
+// (ShardPlan) has the same blocks as the whole buffer, so the ranks' block
+// sums, gathered and added in order, give the single-process norm exactly.
+inline constexpr size_t kSumOfSquaresBlock = 2048;
+
+// The sum of squares of each block of `values` (the last block may be short).
+std::vector<double> block_sums_of_squares(std::span<const float> values);
+
+// Σ xᵢ², in double: the block sums added in order.
 double sum_of_squares(std::span<const float> values);
 
 // √(sum_of_squares(grads)).

@@ -10,10 +10,11 @@
 // Step 1: the paper starts from x_1 = x_0, so the correction is zero and
 // c = g (the official code instead takes g_prev = 0 there, which scales the
 // first gradient by 1 + γ·β1/(1−β1)).
-// ‖c‖ is the L2 norm over the optimizer's WHOLE range (every segment; one
-// rank's shard under ZeRO), not per tensor as in the official code, which
-// clips each parameter tensor separately. It is summed in double over fixed
-// blocks, so it does not depend on the thread count.
+// ‖c‖ is the L2 norm over ALL parameters (every segment; under ZeRO the
+// ranks' shards together, StepInfo::sum_blocks_over_shards), not per tensor
+// as in the official code, which clips each parameter tensor separately. It
+// is summed in double over the blocks of grad_clip.hpp, so it depends
+// neither on the thread count nor on the sharding.
 // The official code also runs plain AdamW (its own lr, betas, decay) on 1-D
 // tensors unless optimize_1d; here MARS updates every element alike (as its
 // optimize_1d = True).
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "optim/adamw_coefficients.hpp"
+#include "optim/grad_clip.hpp"
 #include "optim/math/mars_math.hpp"
 #include "optim/optimizer_common.hpp"
 
@@ -88,7 +90,7 @@ class Mars final : public ElementwiseOptimizer {
     float* nu = buffer("nu");
     float* g_prev = buffer("g_prev");
     MarsCoefficients c = coefficients(info);
-    if (hp_.clip_corrected_gradient) clip(c, corrected_norm(grads, g_prev, c.correction));
+    if (hp_.clip_corrected_gradient) clip(c, corrected_norm(grads, g_prev, c.correction, info));
     update_elements(c, info.lr * hp_.weight_decay, [&](size_t i, const MarsCoefficients& k) {
       mars_update(params[i], grads[i], g_prev[i], m1[i], nu[i], k);
     });
@@ -120,16 +122,16 @@ class Mars final : public ElementwiseOptimizer {
     if (norm > 1.0) c.clip_scale = static_cast<float>(1.0 / norm);
   }
 
-  // ‖c‖ over the whole range: each block summed in order in double, then the
+  // ‖c‖ over all parameters: each block summed in order in double, then the
   // blocks in order, so the result is the same for any thread count.
-  double corrected_norm(std::span<const float> grads, const float* g_prev, float correction) const {
+  double corrected_norm(std::span<const float> grads, const float* g_prev, float correction, const StepInfo& info) const {
     const size_t n = size();
-    const size_t blocks = (n + kNormBlock - 1) / kNormBlock;
+    const size_t blocks = (n + kSumOfSquaresBlock - 1) / kSumOfSquaresBlock;
     std::vector<double> partial(blocks, 0.0);
 #pragma omp parallel for schedule(static) if (blocks > 1)
     for (int64_t b = 0; b < static_cast<int64_t>(blocks); ++b) {
-      const size_t begin = static_cast<size_t>(b) * kNormBlock;
-      const size_t end = std::min(n, begin + kNormBlock);
+      const size_t begin = static_cast<size_t>(b) * kSumOfSquaresBlock;
+      const size_t end = std::min(n, begin + kSumOfSquaresBlock);
       double sum = 0.0;
       for (size_t i = begin; i < end; ++i) {
         double value = mars_corrected_gradient(grads[i], g_prev[i], correction);
@@ -137,12 +139,8 @@ class Mars final : public ElementwiseOptimizer {
       }
       partial[static_cast<size_t>(b)] = sum;
     }
-    double total = 0.0;
-    for (double s : partial) total += s;
-    return std::sqrt(total);
+    return std::sqrt(total_of_blocks(info, partial));
   }
-
-  static constexpr size_t kNormBlock = size_t{1} << 14;
 
   MarsHyperparameters hp_;
   device::Allocation norm_scratch_;  // device placement with clipping only

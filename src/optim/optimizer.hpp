@@ -46,11 +46,27 @@ struct StepInfo {
   // (the trainer: training.seed and 0), so both placements round alike.
   uint64_t rounding_seed = 0;
   size_t element_offset = 0;
+  // Under ZeRO (one rank's shard as the range): adds up per-block sums that
+  // each rank computed over its shard (blocks of kSumOfSquaresBlock elements
+  // counted from the range's start, grad_clip.hpp) in global block order and
+  // returns the total over the whole parameter buffer, the same on every
+  // rank. Empty when the range is the whole buffer. For optimizers whose
+  // update needs a norm over all parameters (MARS): use total_of_blocks.
+  std::function<double(std::span<const double> block_sums)> sum_blocks_over_shards = nullptr;
 };
+
+// The total of block_sums over the whole parameter buffer (see StepInfo).
+inline double total_of_blocks(const StepInfo& info, std::span<const double> block_sums) {
+  if (info.sum_blocks_over_shards) return info.sum_blocks_over_shards(block_sums);
+  double total = 0.0;
+  for (double sum : block_sums) total += sum;
+  return total;
+}
 
 struct StateBuffer {
   std::string name;  // "m1", "m2", "nu", ...
   std::span<float> data;
+  bool bf16_on_device = false;  // stored in 2 bytes per element on device placement (4 otherwise)
 };
 
 class Optimizer {

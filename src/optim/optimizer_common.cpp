@@ -118,7 +118,7 @@ void ElementwiseOptimizer::allocate_mirrors() {
 std::vector<StateBuffer> ElementwiseOptimizer::state_buffers() {
   allocate_mirrors();
   std::vector<StateBuffer> result;
-  for (size_t i = 0; i < buffers_.size(); ++i) result.push_back(StateBuffer{buffer_names_[i], buffers_[i]});
+  for (size_t i = 0; i < buffers_.size(); ++i) result.push_back(StateBuffer{buffer_names_[i], buffers_[i], device_bf16_[i]});
   return result;
 }
 

@@ -35,6 +35,7 @@ class CpuBackend final : public ModelBackend {
     return model_.forward(inputs, targets, B, T);
   }
   double grad_norm() override { return global_norm(model_.grads()); }
+  std::span<float> host_gradients() override { return model_.grads(); }
   void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) override {
     if (grad_scale != 1.0f) scale_in_place(model_.grads(), grad_scale);
     optimizer.step(model_.params(), model_.grads(), info);
@@ -61,6 +62,11 @@ const bool cpu_registered = register_backend("cpu", [](const Config& config) -> 
 });
 
 }  // namespace
+
+std::span<float> ModelBackend::host_gradients() {
+  fail("this backend keeps its gradients in device memory: multi-rank training needs the NCCL communicator, which is "
+       "not available yet; train on one GPU, or with device \"cpu\" under mpirun");
+}
 
 bool register_backend(const std::string& device, BackendFactory factory) {
   backends()[device] = std::move(factory);

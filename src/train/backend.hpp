@@ -41,6 +41,10 @@ class ModelBackend {
   // Mean loss only (validation).
   virtual float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T) = 0;
   virtual double grad_norm() = 0;
+  // The accumulated fp32 gradients in host memory, for placements where
+  // they live there (the CPU): multi-rank training sums them over the ranks
+  // (train/data_parallel.cpp). Other backends throw emix::Error.
+  virtual std::span<float> host_gradients();
   // One optimizer update from the accumulated gradients, each multiplied by
   // grad_scale first (clipping).
   virtual void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) = 0;

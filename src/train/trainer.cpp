@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/crc32.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
 #include "core/text.hpp"
@@ -26,19 +27,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::vector<ParamSegment> decay_segments(const ParameterLayout& layout) {
-  std::vector<ParamSegment> segments;
-  for (const auto& t : layout.tensors()) segments.push_back(ParamSegment{t.offset, t.count, t.weight_decay});
-  return segments;
-}
-
-std::unique_ptr<Optimizer> make_optimizer(const Json& section, size_t size, std::vector<ParamSegment> segments,
-                                          Placement placement) {
-  Json hyperparameters = section;
-  hyperparameters.erase("name");
-  return find_optimizer(section.at("name").get<std::string>()).create(hyperparameters, size, std::move(segments), placement);
 }
 
 // A warning when the disk holding `dir` has less room than the checkpoint
@@ -70,11 +58,16 @@ std::string describe_differences(const Json& before, const Json& after) {
 }
 }  // namespace
 
-Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(config)) {
+Trainer::Trainer(Config config, const Checkpoint* resume, Communicator* comm)
+    : config_(std::move(config)),
+      own_comm_(comm == nullptr ? make_local_communicator() : nullptr),
+      comm_(comm == nullptr ? *own_comm_ : *comm) {
   if (config_.training.threads > 0) omp_set_num_threads(config_.training.threads);
+  check_same_config_everywhere();
   backend_ = make_backend(config_);
   const ParameterLayout& layout = backend_->layout();
-  optimizer_ = make_optimizer(config_.optimizer, layout.num_parameters(), decay_segments(layout), backend_->placement());
+  data_parallel_ = std::make_unique<DataParallel>(comm_, *backend_, config_.optimizer, config_.training.zero_stage);
+  Optimizer& optimizer = data_parallel_->optimizer();
 
   const TrainingConfig& t = config_.training;
   train_data_ = std::make_unique<TokenDataset>(config_.data.train_shards, t.seq_len, config_.model.vocab_size);
@@ -91,67 +84,91 @@ Trainer::Trainer(Config config, const Checkpoint* resume) : config_(std::move(co
   } else {
     backend_->init_weights(t.seed);
   }
-  fs::create_directories(config_.run_dir());
-  write_text_file_atomic(config_.run_dir() / "config.json", config_.to_json().dump(2) + "\n");
-  metrics_ = std::make_unique<MetricsLog>(config_.run_dir() / "metrics.jsonl", step_);
+  if (comm_.rank() == 0) {
+    fs::create_directories(config_.run_dir());
+    write_text_file_atomic(config_.run_dir() / "config.json", config_.to_json().dump(2) + "\n");
+    metrics_ = std::make_unique<MetricsLog>(config_.run_dir() / "metrics.jsonl", step_);
+  }
 
   std::string state_names;
-  for (const auto& buffer : optimizer_->state_buffers()) state_names += (state_names.empty() ? "" : ", ") + buffer.name;
-  const size_t state_bytes = optimizer_->state_bytes_per_parameter() * layout.num_parameters();
+  for (const auto& buffer : data_parallel_->state_layout()) state_names += (state_names.empty() ? "" : ", ") + buffer.name;
+  const size_t state_bytes = optimizer.state_bytes_per_parameter() * optimizer.size();
   spdlog::info("model: GPT-2, {} layers, {} channels, {} heads, vocab {} (padded {}), {} parameters",
                config_.model.n_layer, config_.model.n_embd, config_.model.n_head, config_.model.vocab_size,
                config_.model.padded_vocab_size, format_count(static_cast<double>(layout.num_parameters())));
   spdlog::info("optimizer: {} (state: {}; {} bytes/parameter)", config_.optimizer.at("name").get<std::string>(),
-               state_names.empty() ? "none" : state_names, optimizer_->state_bytes_per_parameter());
+               state_names.empty() ? "none" : state_names, optimizer.state_bytes_per_parameter());
   for (const std::string& line : backend_->describe(t.batch_size, t.seq_len, state_bytes)) spdlog::info("{}", line);
-  spdlog::info("data: {} train tokens in {} shard(s){}; batch {} × {} tokens × {} accumulation = {} tokens/step; {} steps",
+  for (const std::string& line : data_parallel_->describe()) spdlog::info("{}", line);
+  spdlog::info("data: {} train tokens in {} shard(s){}; batch {} × {} tokens × {} accumulation{} = {} tokens/step; {} steps",
                format_count(static_cast<double>(train_data_->num_tokens())), train_data_->num_shards(),
                val_data_ ? fmt::format(", {} validation tokens", format_count(static_cast<double>(val_data_->num_tokens()))) : "",
-               t.batch_size, t.seq_len, t.accumulation_steps(), t.total_batch_tokens, config_.total_steps());
+               t.batch_size, t.seq_len, t.accumulation_steps(comm_.world_size()),
+               comm_.world_size() > 1 ? fmt::format(" × {} ranks", comm_.world_size()) : "", t.total_batch_tokens,
+               config_.total_steps());
+}
+
+void Trainer::check_same_config_everywhere() {
+  if (comm_.world_size() == 1) return;
+  const std::string text = config_.to_json().dump();
+  uint32_t crc = crc32(text.data(), text.size());
+  uint32_t leader_crc = crc;
+  comm_.broadcast_bytes(std::as_writable_bytes(std::span<uint32_t>(&leader_crc, 1)), 0);
+  comm_.check_all(crc == leader_crc, "this rank's effective config differs from rank 0's (another file, or other "
+                                     "--set overrides): every rank must train the same run");
 }
 
 Trainer::~Trainer() = default;
 
 StepRecord Trainer::train_step() {
   const TrainingConfig& t = config_.training;
-  const int accumulation = t.accumulation_steps();
+  const int ranks = comm_.world_size();
+  const int accumulation = t.accumulation_steps(ranks);
+  const int micro_batches = accumulation * ranks;  // in the global batch
   backend_->zero_grad();
-  double loss_sum = 0.0;
+  // One slot per micro-batch of the global batch: summed over the ranks
+  // (each fills its own, the others add zeros) and then in order, the mean
+  // loss has the same bits whatever the number of ranks.
+  std::vector<double> losses(static_cast<size_t>(micro_batches), 0.0);
   for (int micro = 0; micro < accumulation; ++micro) {
-    train_stream_->read(micro_batch_start(windows_consumed_, 0, micro, accumulation, t.batch_size), t.batch_size, inputs_,
-                        targets_);
-    loss_sum += backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(accumulation));
+    train_stream_->read(micro_batch_start(windows_consumed_, comm_.rank(), micro, accumulation, t.batch_size), t.batch_size,
+                        inputs_, targets_);
+    losses[static_cast<size_t>(comm_.rank() * accumulation + micro)] =
+        backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(micro_batches));
   }
+  comm_.all_reduce_sum(std::span<double>(losses));
+  double loss_sum = 0.0;
+  for (double loss : losses) loss_sum += loss;
   StepRecord record;
   record.step = step_ + 1;
-  record.loss = static_cast<float>(loss_sum / accumulation);
-  record.grad_norm = backend_->grad_norm();
+  record.loss = static_cast<float>(loss_sum / micro_batches);
+  record.grad_norm = data_parallel_->reduce_gradients();
   record.lr = static_cast<float>(
       scheduled_lr(config_.schedule, record.step, config_.total_steps(), common_hyperparameters(config_.optimizer).lr));
   // A non-finite loss or gradient (a bad batch, an overflow) must not reach
   // the optimizer state, where it would never wash out: skip the update.
   record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm) || is_outlier(record);
   if (!record.skipped) {
-    backend_->step(*optimizer_, StepInfo{record.step, record.lr, config_.training.seed, 0}, clip_scale(record.grad_norm, t.grad_clip));
+    data_parallel_->step(StepInfo{record.step, record.lr, config_.training.seed, 0}, clip_scale(record.grad_norm, t.grad_clip));
     remember_applied(record);
   }
 
-  windows_consumed_ += static_cast<uint64_t>(accumulation) * t.batch_size;
+  windows_consumed_ += static_cast<uint64_t>(micro_batches) * t.batch_size;
   tokens_seen_ += t.total_batch_tokens;
   step_ = record.step;
   return record;
 }
 
 void Trainer::with_eval_params(const std::function<void()>& body) {
-  if (!optimizer_->has_eval_params()) {
+  if (!optimizer().has_eval_params()) {
     body();
     return;
   }
   std::span<const float> params = backend_->weights();
   std::vector<float> train_params(params.begin(), params.end());
-  backend_->to_eval_params(*optimizer_);
+  data_parallel_->to_eval_params();
   body();
-  backend_->to_train_params(*optimizer_);
+  data_parallel_->to_train_params();
   std::span<float> restored = backend_->weights();
   std::copy(train_params.begin(), train_params.end(), restored.begin());
   backend_->weights_changed(step_);
@@ -170,11 +187,16 @@ float Trainer::mean_validation_loss() {
   // make the figure look more precise than it is.
   uint64_t available = std::max<uint64_t>(1, val_data_->num_windows() / static_cast<uint64_t>(t.batch_size));
   uint64_t batches = std::min<uint64_t>(std::max(1, t.eval_batches), available);
-  double sum = 0.0;
-  for (uint64_t i = 0; i < batches; ++i) {
+  // Batch i is evaluated by rank i mod N; the losses are combined as in
+  // train_step, so the figure does not depend on the number of ranks.
+  std::vector<double> losses(batches, 0.0);
+  for (uint64_t i = static_cast<uint64_t>(comm_.rank()); i < batches; i += static_cast<uint64_t>(comm_.world_size())) {
     val_stream_->read(i * static_cast<uint64_t>(t.batch_size), t.batch_size, inputs_, targets_);
-    sum += backend_->forward(inputs_, targets_, t.batch_size, t.seq_len);
+    losses[i] = backend_->forward(inputs_, targets_, t.batch_size, t.seq_len);
   }
+  comm_.all_reduce_sum(std::span<double>(losses));
+  double sum = 0.0;
+  for (double loss : losses) sum += loss;
   return static_cast<float>(sum / static_cast<double>(batches));
 }
 
@@ -257,42 +279,50 @@ void Trainer::try_periodic_checkpoint() {
   }
 }
 
+Trainer::StopVote Trainer::agree_to_stop(bool out_of_time) {
+  std::vector<double> votes = {stop_requested() ? 1.0 : 0.0, out_of_time ? 1.0 : 0.0};
+  comm_.all_reduce_sum(std::span<double>(votes));
+  return StopVote{votes[0] > 0.0, votes[1] > 0.0};
+}
+
 bool Trainer::run(std::optional<int64_t> stop_at_step) {
   const int64_t total = config_.total_steps();
   const TrainingConfig& t = config_.training;
   const auto run_start = Clock::now();
   if (step_ > 0) spdlog::info("resuming at step {}/{} ({} tokens seen)", step_, total, format_count(static_cast<double>(tokens_seen_)));
-  bool out_of_time = false;
-  while (step_ < total && (!stop_at_step || step_ < *stop_at_step) && !stop_requested() && !out_of_time) {
+  StopVote stop = agree_to_stop(false);
+  while (step_ < total && (!stop_at_step || step_ < *stop_at_step) && !stop.signal && !stop.out_of_time) {
     auto start = Clock::now();
     StepRecord record = train_step();
     double seconds = seconds_since(start);
     train_seconds_ += seconds;
     history_.push_back(record);
-    metrics_->write({{"step", record.step}, {"loss", record.loss}, {"lr", record.lr}, {"grad_norm", record.grad_norm},
-                     {"skipped", record.skipped}, {"tokens", tokens_seen_},
-                     {"tokens_per_second", static_cast<double>(t.total_batch_tokens) / seconds},
-                     {"elapsed_s", train_seconds_}});
+    if (metrics_) {
+      metrics_->write({{"step", record.step}, {"loss", record.loss}, {"lr", record.lr}, {"grad_norm", record.grad_norm},
+                       {"skipped", record.skipped}, {"tokens", tokens_seen_},
+                       {"tokens_per_second", static_cast<double>(t.total_batch_tokens) / seconds},
+                       {"elapsed_s", train_seconds_}});
+    }
     count_skip(record);
     if (record.step == 1 || record.step % config_.logging.interval == 0 || record.step == total) log_progress(record, seconds);
     if (t.eval_interval > 0 && step_ % t.eval_interval == 0 && step_ < total && val_stream_) {
       float val_loss = evaluate();
       spdlog::info("validation loss {:.4f} at step {}", val_loss, step_);
-      metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
+      if (metrics_) metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
     }
     if (config_.checkpoint.interval > 0 && step_ % config_.checkpoint.interval == 0 && step_ < total) try_periodic_checkpoint();
-    out_of_time = near_time_limit(seconds_since(run_start));
+    stop = agree_to_stop(near_time_limit(seconds_since(run_start)));
   }
   bool finished = step_ >= total;
-  if (stop_requested()) spdlog::warn("stop requested (signal {}): saving a checkpoint at step {}", stop_signal(), step_);
-  if (out_of_time && !finished) {
+  if (stop.signal) spdlog::warn("stop requested (signal {}): saving a checkpoint at step {}", stop_signal(), step_);
+  if (stop.out_of_time && !finished) {
     spdlog::warn("wall-clock limit of {} minutes nearly reached: saving a checkpoint at step {}; resume with --resume latest",
                  t.time_limit_minutes, step_);
   }
   if (finished && val_stream_) {
     float val_loss = evaluate();
     spdlog::info("final validation loss {:.4f} after {} steps ({} tokens)", val_loss, step_, format_count(static_cast<double>(tokens_seen_)));
-    metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
+    if (metrics_) metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
   }
   if (step_ != last_saved_step_) save_checkpoint();
   if (finished) write_sample();
@@ -310,28 +340,42 @@ Json Trainer::run_state() const {
               // The data order and initialization are pure functions of this
               // seed and the stream position: it is all the RNG state there is.
               {"rng", {{"seed", config_.training.seed}}},
-              {"optimizer", {{"name", config_.optimizer.at("name")}, {"scalar_state", optimizer_->scalar_state()}}},
+              {"optimizer", {{"name", config_.optimizer.at("name")}, {"scalar_state", data_parallel_->optimizer().scalar_state()}}},
+              // Informational: a checkpoint resumes on any number of ranks.
+              {"world_size", comm_.world_size()},
+              {"zero_stage", data_parallel_->zero_stage()},
               {"config", config_.to_json()}};
 }
 
 fs::path Trainer::save_checkpoint() {
   auto start = Clock::now();
-  std::vector<TensorRef> tensors = {TensorRef{"params", backend_->weights(), 0}};
-  backend_->pull_optimizer_state(*optimizer_);
-  for (const auto& buffer : optimizer_->state_buffers()) tensors.push_back(TensorRef{"optimizer." + buffer.name, buffer.data, 0});
+  const bool leader = comm_.rank() == 0;
+  // Rank 0 writes the parameters (the same on every rank) and the optimizer
+  // state unless it is sharded, when every rank writes its own shard.
+  std::vector<TensorRef> tensors;
+  if (leader) tensors.push_back(TensorRef{"params", backend_->weights(), 0});
+  for (auto& tensor : data_parallel_->optimizer_state_tensors()) tensors.push_back(std::move(tensor));
   std::vector<float> eval_params;
-  if (optimizer_->has_eval_params()) {
+  if (optimizer().has_eval_params()) {
     with_eval_params([&] {
       std::span<const float> x = backend_->weights();
-      eval_params.assign(x.begin(), x.end());
+      if (leader) eval_params.assign(x.begin(), x.end());
     });
-    tensors.push_back(TensorRef{"eval_params", eval_params, 0});
+    if (leader) tensors.push_back(TensorRef{"eval_params", eval_params, 0});
   }
   warn_if_disk_is_short(config_.checkpoint_dir(), tensors);
-  fs::path path = emix::save_checkpoint(config_.checkpoint_dir(), step_, run_state(), tensors);
+  fs::path path = emix::save_checkpoint(comm_, config_.checkpoint_dir(), step_, run_state(), tensors);
   // Older checkpoints go only once the new one has been read back whole.
-  Checkpoint::open(path);
-  prune_checkpoints(config_.checkpoint_dir(), config_.checkpoint.keep_last, config_.checkpoint.milestone_interval);
+  std::string error;
+  if (leader) {
+    try {
+      Checkpoint::open(path);
+      prune_checkpoints(config_.checkpoint_dir(), config_.checkpoint.keep_last, config_.checkpoint.milestone_interval);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  }
+  comm_.check_all(error.empty(), error);
   last_saved_step_ = step_;
   last_save_seconds_ = seconds_since(start);
   spdlog::info("checkpoint saved: {} ({:.2f} s)", path.string(), last_save_seconds_);
@@ -354,10 +398,8 @@ void Trainer::restore(const Checkpoint& checkpoint) {
     if (saved_config != current) spdlog::warn("resuming with a config that differs from the checkpoint's:{}", describe_differences(saved_config, current));
     checkpoint.read_tensor("params", backend_->weights());
     backend_->weights_changed(state.at("step").get<int64_t>());
-    backend_->pull_optimizer_state(*optimizer_);
-    for (const auto& buffer : optimizer_->state_buffers()) checkpoint.read_tensor("optimizer." + buffer.name, buffer.data);
-    backend_->push_optimizer_state(*optimizer_);
-    optimizer_->load_scalar_state(state.at("optimizer").at("scalar_state"));
+    data_parallel_->load_optimizer_state(checkpoint);
+    optimizer().load_scalar_state(state.at("optimizer").at("scalar_state"));
     step_ = state.at("step").get<int64_t>();
     windows_consumed_ = state.at("windows_consumed").get<uint64_t>();
     tokens_seen_ = state.at("tokens_seen").get<int64_t>();
@@ -369,27 +411,38 @@ void Trainer::restore(const Checkpoint& checkpoint) {
     fail_file(checkpoint.path(), "malformed run state in the manifest: {}", e.what());
   }
   last_saved_step_ = step_;
-  spdlog::info("restored {} (step {})", checkpoint.path().string(), step_);
+  const int saved_world = state.value("world_size", 1);
+  spdlog::info("restored {} (step {}{})", checkpoint.path().string(), step_,
+               saved_world != comm_.world_size() ? fmt::format(", written by {} ranks, re-sharded over {}", saved_world, comm_.world_size()) : "");
 }
 
 void Trainer::write_sample() {
   const LoggingConfig& l = config_.logging;
   if (l.sample_tokens <= 0) return;
+  // Rank 0 samples; the others take part in the collective switch to the
+  // evaluation point.
   std::optional<Gpt2Tokenizer> tokenizer;
-  try {
-    tokenizer = Gpt2Tokenizer::load(config_.data.tokenizer_dir);
-  } catch (const Error& e) {
-    spdlog::warn("no sample: {}", e.what());
-    return;
+  if (comm_.rank() == 0) {
+    try {
+      tokenizer = Gpt2Tokenizer::load(config_.data.tokenizer_dir);
+    } catch (const Error& e) {
+      spdlog::warn("no sample: {}", e.what());
+    }
   }
-  std::vector<int32_t> prompt = l.sample_prompt.empty() ? std::vector<int32_t>{tokenizer->eot_id()} : tokenizer->encode(l.sample_prompt);
+  if (!comm_.any(tokenizer.has_value())) return;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> tokens;
   SamplingOptions options;
   options.max_new_tokens = l.sample_tokens;
   options.temperature = static_cast<float>(l.sample_temperature);
   options.top_k = l.sample_top_k;
   options.seed = config_.training.seed;
-  std::vector<int32_t> tokens;
-  with_eval_params([&] { tokens = generate(backend_->sampling_model(), prompt, options); });
+  with_eval_params([&] {
+    if (!tokenizer) return;
+    prompt = l.sample_prompt.empty() ? std::vector<int32_t>{tokenizer->eot_id()} : tokenizer->encode(l.sample_prompt);
+    tokens = generate(backend_->sampling_model(), prompt, options);
+  });
+  if (!tokenizer) return;
   std::span<const int32_t> continuation(tokens.data() + prompt.size(), tokens.size() - prompt.size());
   spdlog::info("sample ({} tokens, temperature {}, top-k {}):\n{}{}", continuation.size(), l.sample_temperature, l.sample_top_k,
                l.sample_prompt, tokenizer->decode(continuation));

@@ -15,8 +15,10 @@
 #include "checkpoint/checkpoint.hpp"
 #include "config/config.hpp"
 #include "data/loader.hpp"
+#include "distributed/communicator.hpp"
 #include "optim/optimizer.hpp"
 #include "train/backend.hpp"
+#include "train/data_parallel.hpp"
 
 namespace emix {
 
@@ -28,11 +30,20 @@ struct StepRecord {
   bool skipped = false;    // non-finite or outlier loss/gradients: no update was applied
 };
 
+// With several ranks (a Communicator of world size N), every rank constructs
+// a Trainer with the same config and calls the same methods in the same
+// order: each rank reads its own part of every global batch, the ranks'
+// gradients are combined by DataParallel, and every number the trainer
+// reports (loss, gradient norm, validation loss) is the same on every rank.
+// Only rank 0 writes the run directory's files (config.json, metrics); every
+// rank writes its part of each checkpoint.
 class Trainer {
  public:
   // Starts a fresh run, or continues from `resume` (a checkpoint already
-  // opened and verified). The config's model shape must match the checkpoint's.
-  explicit Trainer(Config config, const Checkpoint* resume = nullptr);
+  // opened and verified, written by any number of ranks). The config's model
+  // shape must match the checkpoint's. Without `comm` the run is a single
+  // process; `comm` must outlive the trainer.
+  explicit Trainer(Config config, const Checkpoint* resume = nullptr, Communicator* comm = nullptr);
   ~Trainer();
 
   // Trains until the configured number of steps, `stop_at_step`, a stop
@@ -44,6 +55,7 @@ class Trainer {
   int64_t step() const { return step_; }
   const Config& config() const { return config_; }
   ModelBackend& backend() { return *backend_; }
+  Optimizer& optimizer() { return data_parallel_->optimizer(); }
   const std::vector<StepRecord>& history() const { return history_; }
   // Mean validation loss over the configured eval batches (NaN without val data).
   float evaluate();
@@ -57,6 +69,14 @@ class Trainer {
   bool is_outlier(const StepRecord& record) const;
   void remember_applied(const StepRecord& record);
   bool near_time_limit(double run_seconds) const;
+  struct StopVote {
+    bool signal = false;      // a stop signal reached some rank
+    bool out_of_time = false;  // some rank is near the wall-clock limit
+  };
+  // Collective, so that every rank stops after the same step.
+  StopVote agree_to_stop(bool out_of_time);
+  // Collective: every rank must have been started with the same config.
+  void check_same_config_everywhere();
   // A periodic checkpoint that fails is logged and training goes on: the
   // previous checkpoints are intact and the next interval tries again.
   void try_periodic_checkpoint();
@@ -70,13 +90,15 @@ class Trainer {
   void write_sample();
 
   Config config_;
+  std::unique_ptr<Communicator> own_comm_;  // the local one, when none was given
+  Communicator& comm_;
   std::unique_ptr<ModelBackend> backend_;
-  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<DataParallel> data_parallel_;
   std::unique_ptr<TokenDataset> train_data_;
   std::unique_ptr<WindowStream> train_stream_;
   std::unique_ptr<TokenDataset> val_data_;
   std::unique_ptr<WindowStream> val_stream_;
-  std::unique_ptr<class MetricsLog> metrics_;
+  std::unique_ptr<class MetricsLog> metrics_;  // rank 0 only
   std::vector<int32_t> inputs_;
   std::vector<int32_t> targets_;
   std::vector<StepRecord> history_;

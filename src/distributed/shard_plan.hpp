@@ -1,0 +1,35 @@
+#pragma once
+// How ZeRO stage 1 splits the flat parameter buffer over the ranks: rank r
+// owns the contiguous range [r·chunk, (r+1)·chunk) clipped to the buffer,
+// with chunk = ceil(total / world) rounded up to a multiple of `alignment`.
+// The buffer is handled as world × chunk elements, zero-padded at the end,
+// so any parameter count works with any number of ranks (a rank may own
+// less than a chunk, or nothing, when the buffer is small). Aligning the
+// chunks to the gradient norm's summation blocks lets the ranks compute the
+// single-process norm exactly (optim/grad_clip.hpp).
+#include <algorithm>
+#include <cstddef>
+
+namespace emix {
+
+struct ShardPlan {
+  size_t total = 0;  // elements of the whole buffer
+  int world = 1;
+  int rank = 0;
+  size_t chunk = 0;  // elements per rank, padding included
+
+  static ShardPlan make(size_t total, int world, int rank, size_t alignment) {
+    size_t chunk = (total + static_cast<size_t>(world) - 1) / static_cast<size_t>(world);
+    chunk = std::max<size_t>(1, (chunk + alignment - 1) / alignment) * alignment;
+    return ShardPlan{total, world, rank, chunk};
+  }
+
+  size_t begin_of(int r) const { return std::min(total, static_cast<size_t>(r) * chunk); }
+  size_t end_of(int r) const { return std::min(total, static_cast<size_t>(r + 1) * chunk); }
+  size_t begin() const { return begin_of(rank); }
+  size_t end() const { return end_of(rank); }
+  size_t size() const { return end() - begin(); }  // this rank's elements, padding excluded
+  size_t padded_total() const { return chunk * static_cast<size_t>(world); }
+};
+
+}  // namespace emix

@@ -1,0 +1,115 @@
+#pragma once
+// Data parallelism over the ranks of a Communicator. Every rank runs the
+// model on its own part of the global batch; this class combines the ranks'
+// gradients, runs the optimizer and leaves every rank with the same
+// parameters. training.zero_stage chooses who holds the optimizer state:
+//
+//   0  every rank holds all of it: gradients are all-reduced and every rank
+//      applies the same update to the whole buffer (plain data parallelism).
+//   1  ZeRO stage 1: rank r owns the contiguous shard r of the flat
+//      parameters (ShardPlan). Gradients are reduce-scattered, so each rank
+//      gets the sum of its shard only; it updates that shard of the
+//      parameters with its shard of every optimizer buffer (m1, m2, ν, ...),
+//      and the parameters are all-gathered. Optimizer memory per rank falls
+//      by the number of ranks; the communication per step is the same as
+//      stage 0's (a reduce-scatter and an all-gather of the parameters).
+//
+// With one rank both are the single-process run, and the backend does the
+// work itself (any backend, the GPU included). With several ranks the
+// backend's gradients must be in host memory (the CPU backend; the NCCL path
+// for GPU buffers is not built yet).
+//
+// Numbers: the gradient norm is the single-process one bit for bit (the
+// shards are aligned to its summation blocks and their block sums are added
+// in the same order), the update is elementwise, so stage 0 and stage 1 with
+// the same number of ranks give bit-identical runs. Against another number of
+// ranks the gradients themselves are summed in another order (within a rank
+// micro-batches accumulate in place, across ranks in rank order), which
+// changes the last bits: see docs/distributed.md.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "checkpoint/checkpoint.hpp"
+#include "distributed/communicator.hpp"
+#include "distributed/shard_plan.hpp"
+#include "optim/optimizer.hpp"
+#include "train/backend.hpp"
+
+namespace emix {
+
+// Training state one rank holds (activations excluded), in bytes.
+struct MemoryRow {
+  std::string what;  // "parameters (fp32)", "optimizer m2", ...
+  uint64_t bytes = 0;
+};
+
+// The names and storage of the state buffers the configured optimizer keeps
+// (spans empty): a size-0 instance is built to ask it.
+std::vector<StateBuffer> optimizer_state_layout(const Json& optimizer_section);
+
+// The rows for a model of `parameters` parameters on `placement`, with an
+// optimizer whose buffers are `buffers` (names and storage; their spans are
+// not read), on the rank of `plan` that owns the largest shard.
+std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, std::span<const StateBuffer> buffers,
+                                       const ShardPlan& plan, int zero_stage);
+
+class DataParallel {
+ public:
+  // Builds the optimizer from the config's optimizer section, over the whole
+  // parameter buffer or, when sharded, over this rank's shard.
+  DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, int zero_stage);
+  ~DataParallel();
+
+  Optimizer& optimizer() { return *optimizer_; }
+  const std::vector<StateBuffer>& state_layout() const { return state_layout_; }
+  const ShardPlan& plan() const { return plan_; }
+  int zero_stage() const { return zero_stage_; }
+  // True at stage 1 with more than one rank.
+  bool sharded() const { return sharded_; }
+
+  // Combines the ranks' gradients (each rank scaled its own by 1 / the
+  // number of micro-batches in the global batch, so the combination is a
+  // sum) and returns the global L2 norm, the same on every rank.
+  double reduce_gradients();
+  // One update from the combined gradients times grad_scale (clipping).
+  void step(const StepInfo& info, float grad_scale);
+  // Optimizer::to_eval_params / to_train_params for the whole model.
+  void to_eval_params();
+  void to_train_params();
+
+  // This rank's part of the optimizer state for a checkpoint, named
+  // "optimizer.<buffer>": its shards when sharded, everything on rank 0
+  // otherwise, nothing on the other ranks.
+  std::vector<TensorRef> optimizer_state_tensors();
+  // Reads this rank's part of the optimizer state from a checkpoint written
+  // by any number of ranks, at any stage.
+  void load_optimizer_state(const Checkpoint& checkpoint);
+
+  // Startup log lines: the mode and this rank's memory.
+  std::vector<std::string> describe() const;
+  // Bytes this rank sends per optimizer step (gradients and parameters).
+  uint64_t bytes_sent_per_step() const;
+
+ private:
+  void gather_parameters();
+  double sum_blocks_over_shards(std::span<const double> block_sums);
+  StepInfo shard_step_info(const StepInfo& info);
+
+  Communicator& comm_;
+  ModelBackend& backend_;
+  int zero_stage_;
+  std::vector<StateBuffer> state_layout_;
+  ShardPlan plan_;
+  bool sharded_;
+  std::unique_ptr<Optimizer> optimizer_;
+  // Sharded only: the whole buffer zero-padded to world × chunk (gradients
+  // going into the reduce-scatter, parameters coming out of the all-gather),
+  // and this rank's chunk of the summed gradients.
+  std::vector<float> padded_;
+  std::vector<float> grad_shard_;
+};
+
+}  // namespace emix
