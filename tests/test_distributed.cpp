@@ -27,6 +27,7 @@
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
 #include "distributed/mpi_abi.hpp"
+#include "test_support.hpp"
 
 #ifdef EMIX_TEST_HAVE_MPI_H
 // Only constants and types are used: no C++ bindings, no reference to libmpi.
@@ -330,23 +331,6 @@ TEST(Distributed, FactoryReadsTheLauncherEnvironment) {
   EXPECT_EQ(child_status({{"SLURM_LOCALID", "3"}}, local_rank_is_3), 0);
 }
 
-// Rank r > 0 prints only failures, prefixed with its rank.
-class RankPrefixedFailures : public testing::EmptyTestEventListener {
- public:
-  explicit RankPrefixedFailures(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, result.file_name() ? result.file_name() : "?",
-                 result.line_number(), result.summary());
-  }
-  void OnTestEnd(const testing::TestInfo& info) override {
-    if (info.result()->Failed()) std::fprintf(stderr, "[rank %d] FAILED %s.%s\n", rank_, info.test_suite_name(), info.name());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace emix
 
@@ -378,15 +362,7 @@ int main(int argc, char** argv) {
       }
       return 0;
     }
-    if (comm->world_size() > 1 && comm->rank() != 0) {
-      auto& listeners = testing::UnitTest::GetInstance()->listeners();
-      delete listeners.Release(listeners.default_result_printer());
-      listeners.Append(new emix::RankPrefixedFailures(comm->rank()));
-    }
-    int status = RUN_ALL_TESTS();
-    // Every rank's verdict decides the exit status of every rank.
-    if (comm->world_size() > 1 && comm->any(status != 0)) status = 1;
-    return status;
+    return emix::test::run_all_tests_on_every_rank(*comm);
   } catch (const emix::Error& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;

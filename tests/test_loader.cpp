@@ -39,7 +39,9 @@ class LoaderTest : public ::testing::Test {
       for (int t = 0; t < kSeqLen; ++t) {
         size_t k = static_cast<size_t>(row) * kSeqLen + static_cast<size_t>(t);
         EXPECT_EQ(targets[k], inputs[k] + 1);  // targets are the next tokens
-        if (t > 0) EXPECT_EQ(inputs[k], inputs[k - 1] + 1);
+        if (t > 0) {
+          EXPECT_EQ(inputs[k], inputs[k - 1] + 1);
+        }
       }
       ids.push_back(inputs[static_cast<size_t>(row) * kSeqLen]);
     }

@@ -1,12 +1,14 @@
 #include "test_support.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 
 #include "core/file_io.hpp"
 #include "core/rng.hpp"
 #include "data/shard.hpp"
+#include "distributed/communicator.hpp"
 
 namespace emix::test {
 namespace fs = std::filesystem;
@@ -76,6 +78,37 @@ nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer,
       {"checkpoint", {{"keep_last", 2}}},
       {"logging", {{"run_dir", (dir / run).string()}, {"interval", 100}, {"sample_tokens", 0}}},
   };
+}
+
+namespace {
+// Rank r > 0 prints only failures, prefixed with its rank.
+class RankPrefixedFailures : public testing::EmptyTestEventListener {
+ public:
+  explicit RankPrefixedFailures(int rank) : rank_(rank) {}
+  void OnTestPartResult(const testing::TestPartResult& result) override {
+    if (!result.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, result.file_name() ? result.file_name() : "?",
+                 result.line_number(), result.summary());
+  }
+  void OnTestEnd(const testing::TestInfo& info) override {
+    if (info.result()->Failed()) std::fprintf(stderr, "[rank %d] FAILED %s.%s\n", rank_, info.test_suite_name(), info.name());
+  }
+
+ private:
+  int rank_;
+};
+}  // namespace
+
+int run_all_tests_on_every_rank(Communicator& comm) {
+  if (comm.world_size() > 1 && comm.rank() != 0) {
+    auto& listeners = testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new RankPrefixedFailures(comm.rank()));
+  }
+  int status = RUN_ALL_TESTS();
+  // Every rank's verdict decides the exit status of every rank.
+  if (comm.world_size() > 1 && comm.any(status != 0)) status = 1;
+  return status;
 }
 
 template <typename T>

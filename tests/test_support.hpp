@@ -6,9 +6,14 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "model/gpt2_config.hpp"
+
+namespace emix {
+class Communicator;
+}
 
 namespace emix::test {
 
@@ -44,6 +49,11 @@ std::vector<std::filesystem::path> golden_model_dirs();
 inline constexpr int kTinyVocab = 64;
 void write_tiny_shards(const std::filesystem::path& dir);
 nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run);
+
+// gtest's RUN_ALL_TESTS on every rank of a job (mpirun): rank 0 prints the
+// usual report, the other ranks only their failures, prefixed "[rank r]".
+// Returns 1 on every rank if any rank failed, else 0.
+int run_all_tests_on_every_rank(Communicator& comm);
 
 // The model of a golden meta.json, unpadded (padded_vocab_size ==
 // vocab_size), as the golden tensors are laid out.
