@@ -19,11 +19,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 
 #include "checkpoint/checkpoint.hpp"
 #include "core/error.hpp"
+#include "core/file_io.hpp"
 #include "distributed/communicator.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
@@ -237,6 +240,62 @@ TEST(DataParallel, ACheckpointMissingARanksFileIsRefused) {
     EXPECT_NE(std::string(e.what()).find("rank_00001.bin"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(open_latest_checkpoint(config.checkpoint_dir()).has_value());
+}
+
+// A run started on 4 ranks, continued on 2, finished on 3 (each stop a
+// checkpoint, as after a preemption) through the emix executable under
+// mpirun, against the same run straight in one process. Runs from the ctest
+// entry data_parallel_reshard_4_2_3, which sets EMIX_TEST_MPIRUN to the
+// mpirun command line.
+TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
+  const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_reshard_4_2_3";
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  auto write_config = [&](const std::string& run) {
+    const fs::path path = dir / (run + ".json");
+    std::ofstream(path) << run_config(dir.path(), "ademamix", run, 1).dump(2);
+    return path.string();
+  };
+  const std::string resharded = write_config("resharded");
+  const std::string straight = write_config("straight");
+  const fs::path log = dir / "emix.log";
+  auto emix = [&](const std::string& launcher, const std::string& arguments) {
+    const std::string command = launcher + " " + EMIX_BINARY + " train " + arguments + " >>" + log.string() + " 2>&1";
+    ASSERT_EQ(std::system(command.c_str()), 0) << command << "\n" << read_text_file(log);
+  };
+  const std::string np = std::string(mpirun) + " -np ";
+  emix(np + "4", "--config " + resharded + " --stop-at-step 2");
+  emix(np + "2", "--config " + resharded + " --resume latest --stop-at-step 4");
+  emix(np + "3", "--config " + resharded + " --resume latest");
+  emix("", "--config " + straight);
+
+  const Config config = Config::from_json(run_config(dir.path(), "ademamix", "resharded", 1));
+  const std::vector<fs::path> checkpoints = list_checkpoints(config.checkpoint_dir());
+  ASSERT_EQ(checkpoints.size(), 3u);
+  const int writers[] = {4, 2, 3};
+  for (size_t i = 0; i < 3; ++i) {
+    const Json manifest = Json::parse(read_text_file(checkpoints[i] / "manifest.json"));
+    EXPECT_EQ(manifest.at("world_size").get<int>(), writers[i]) << checkpoints[i];
+    EXPECT_EQ(manifest.at("files").size(), static_cast<size_t>(writers[i])) << "one file per rank at stage 1";
+  }
+  const Checkpoint last = Checkpoint::open(checkpoints.back());
+  const Checkpoint reference = *open_latest_checkpoint(Config::from_json(run_config(dir.path(), "ademamix", "straight", 1)).checkpoint_dir());
+  ASSERT_EQ(last.step(), kSteps);
+  ASSERT_EQ(reference.step(), kSteps);
+  const ParameterLayout layout(config.model);
+  const KeyBias key_bias(layout, config.model);
+  for (const char* tensor : {"params", "optimizer.m1", "optimizer.m2", "optimizer.nu"}) {
+    std::vector<float> got(layout.num_parameters());
+    std::vector<float> expected(layout.num_parameters());
+    last.read_tensor(tensor, got);
+    reference.read_tensor(tensor, expected);
+    size_t beyond = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      if (!key_bias.contains(i) && std::fabs(static_cast<double>(got[i]) - expected[i]) > kParamTolerance) ++beyond;
+    }
+    EXPECT_EQ(beyond, 0u) << tensor;
+  }
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // emix train: run or resume a training run from a JSON config.
+#include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 
 #include <spdlog/spdlog.h>
@@ -9,6 +11,7 @@
 #include "config/config.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "distributed/communicator.hpp"
 #include "train/signals.hpp"
 #include "train/trainer.hpp"
 
@@ -20,6 +23,7 @@ struct TrainOptions {
   std::string config_path;
   std::string resume;
   std::vector<std::string> overrides;
+  int64_t stop_at_step = 0;  // 0: train to the end
 };
 
 // The config comes from --config, or else from the checkpoint being resumed;
@@ -35,6 +39,9 @@ void run_training(const TrainOptions& options) {
   if (options.config_path.empty() && (options.resume.empty() || options.resume == "latest")) {
     fail("give --config FILE (and optionally --resume latest), or --resume CHECKPOINT_DIR");
   }
+  // One process per rank under mpirun/srun; a plain launch is one rank.
+  std::unique_ptr<Communicator> comm = make_communicator();
+  set_log_rank(comm->rank(), comm->world_size());
   std::optional<Checkpoint> checkpoint;
   if (!options.resume.empty() && options.resume != "latest") checkpoint = Checkpoint::open(options.resume);
   Config config = resolve_config(options, checkpoint);
@@ -42,13 +49,20 @@ void run_training(const TrainOptions& options) {
     checkpoint = open_latest_checkpoint(config.checkpoint_dir());
     if (!checkpoint) spdlog::info("no checkpoint in {}: starting a fresh run", config.checkpoint_dir().string());
   }
-  fs::create_directories(config.run_dir());
-  add_log_file(config.run_dir() / "train.log");
+  // Every rank must resume from the same checkpoint (they could disagree if
+  // one became readable on some nodes only).
+  const double resumed_step = checkpoint ? static_cast<double>(checkpoint->step()) : -1.0;
+  comm->check_all(comm->all_reduce_sum(resumed_step) == resumed_step * comm->world_size(),
+                  fmt::format("this rank resumes from step {}, another rank from another one", resumed_step));
+  if (comm->rank() == 0) {
+    fs::create_directories(config.run_dir());
+    add_log_file(config.run_dir() / "train.log");
+  }
   spdlog::info("run directory: {}", config.run_dir().string());
   spdlog::info("effective config: {}", config.to_json().dump());
   install_stop_signal_handlers();
-  Trainer trainer(std::move(config), checkpoint ? &*checkpoint : nullptr);
-  trainer.run();
+  Trainer trainer(std::move(config), checkpoint ? &*checkpoint : nullptr, comm.get());
+  trainer.run(options.stop_at_step > 0 ? std::optional<int64_t>(options.stop_at_step) : std::nullopt);
 }
 }  // namespace
 
@@ -60,6 +74,9 @@ void add_train_command(CLI::App& app) {
                       "'latest' (newest valid checkpoint of the run, or a fresh start if none) or a checkpoint directory");
   command->add_option("-s,--set", options->overrides, "Override a config value: section.key=value (repeatable)")
       ->allow_extra_args(false);
+  command->add_option("--stop-at-step", options->stop_at_step,
+                      "Stop after this step with a checkpoint, as if preempted (resume with --resume latest)")
+      ->check(CLI::PositiveNumber);
   command->callback([options] { run_training(*options); });
 }
 

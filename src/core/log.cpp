@@ -12,6 +12,12 @@ void init_console_logging() {
   spdlog::set_default_logger(logger);
 }
 
+void set_log_rank(int rank, int world_size) {
+  if (world_size <= 1) return;
+  spdlog::default_logger()->set_pattern(fmt::format("[%H:%M:%S] [rank {}] %^%l%$ %v", rank));
+  if (rank != 0) spdlog::set_level(spdlog::level::warn);
+}
+
 void add_log_file(const std::filesystem::path& path) {
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string(), /*truncate=*/false);
   sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
