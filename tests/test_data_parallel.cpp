@@ -21,8 +21,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <chrono>
 #include <fstream>
 #include <memory>
+#include <thread>
 
 #include "checkpoint/checkpoint.hpp"
 #include "core/error.hpp"
@@ -269,6 +271,10 @@ TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
   emix(np + "2", "--config " + resharded + " --resume latest --stop-at-step 4");
   emix(np + "3", "--config " + resharded + " --resume latest");
   emix("", "--config " + straight);
+  // 5 ranks cannot split 12 micro-batches: a clear error, not a hang.
+  const std::string five = np + "5 " + EMIX_BINARY + " train --config " + resharded + " --resume latest >" + log.string() + " 2>&1";
+  EXPECT_NE(std::system(five.c_str()), 0);
+  EXPECT_NE(read_text_file(log).find("is not a multiple of batch_size × seq_len × ranks"), std::string::npos) << read_text_file(log);
 
   const Config config = Config::from_json(run_config(dir.path(), "ademamix", "resharded", 1));
   const std::vector<fs::path> checkpoints = list_checkpoints(config.checkpoint_dir());
@@ -296,6 +302,42 @@ TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
     }
     EXPECT_EQ(beyond, 0u) << tensor;
   }
+}
+
+// SIGTERM delivered to one rank only (a node's preemption notice): every
+// rank stops after the same step, a complete checkpoint is written and the
+// job exits 0. Run by the ctest entry data_parallel_sigterm_one_rank.
+TEST(DataParallel, ASignalToOneRankStopsEveryRankWithACheckpoint) {
+  const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_sigterm_one_rank";
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  Json document = run_config(dir.path(), "ademamix", "preempted", 1);
+  document["training"]["steps"] = 1000000;
+  document["training"]["eval_interval"] = 0;
+  const fs::path config_path = dir / "preempted.json";
+  std::ofstream(config_path) << document.dump(2);
+  const fs::path log = dir / "emix.log";
+  const std::string rank_command_line = std::string(EMIX_BINARY) + " train --config " + config_path.string();
+  const std::string job = std::string(mpirun) + " -np 2 " + rank_command_line + " >" + log.string() + " 2>&1";
+  FILE* running = popen(job.c_str(), "r");
+  ASSERT_NE(running, nullptr);
+  // Wait for a few steps, then signal the newest emix process (one rank).
+  const fs::path metrics = dir / "preempted" / "metrics.jsonl";
+  for (int i = 0; i < 600 && (!fs::exists(metrics) || fs::file_size(metrics) < 400); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string kill = "pkill -TERM -n -f '^" + rank_command_line + "'";
+  EXPECT_EQ(std::system(kill.c_str()), 0) << "no rank to signal";
+  const int status = pclose(running);
+  const std::string output = read_text_file(log);
+  ASSERT_EQ(status, 0) << output;
+  EXPECT_NE(output.find("stop requested (signal 15)"), std::string::npos) << output;
+  const Config config = Config::from_json(document);
+  auto checkpoint = open_latest_checkpoint(config.checkpoint_dir());
+  ASSERT_TRUE(checkpoint.has_value()) << output;
+  EXPECT_GT(checkpoint->step(), 0);
+  EXPECT_EQ(checkpoint->state().at("world_size").get<int>(), 2);
 }
 
 }  // namespace

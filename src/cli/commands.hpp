@@ -10,5 +10,6 @@ void add_train_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_memory_command(CLI::App& app);
 
 }  // namespace emix::cli

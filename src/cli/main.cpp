@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   emix::cli::add_tokenize_command(app);
   emix::cli::add_generate_command(app);
   emix::cli::add_bench_command(app);
+  emix::cli::add_memory_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

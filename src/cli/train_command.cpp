@@ -35,13 +35,7 @@ Config resolve_config(const TrainOptions& options, const std::optional<Checkpoin
   return Config::from_json(document);
 }
 
-void run_training(const TrainOptions& options) {
-  if (options.config_path.empty() && (options.resume.empty() || options.resume == "latest")) {
-    fail("give --config FILE (and optionally --resume latest), or --resume CHECKPOINT_DIR");
-  }
-  // One process per rank under mpirun/srun; a plain launch is one rank.
-  std::unique_ptr<Communicator> comm = make_communicator();
-  set_log_rank(comm->rank(), comm->world_size());
+void train_on_ranks(const TrainOptions& options, Communicator& comm) {
   std::optional<Checkpoint> checkpoint;
   if (!options.resume.empty() && options.resume != "latest") checkpoint = Checkpoint::open(options.resume);
   Config config = resolve_config(options, checkpoint);
@@ -52,17 +46,34 @@ void run_training(const TrainOptions& options) {
   // Every rank must resume from the same checkpoint (they could disagree if
   // one became readable on some nodes only).
   const double resumed_step = checkpoint ? static_cast<double>(checkpoint->step()) : -1.0;
-  comm->check_all(comm->all_reduce_sum(resumed_step) == resumed_step * comm->world_size(),
-                  fmt::format("this rank resumes from step {}, another rank from another one", resumed_step));
-  if (comm->rank() == 0) {
+  comm.check_all(comm.all_reduce_sum(resumed_step) == resumed_step * comm.world_size(),
+                 fmt::format("this rank resumes from step {}, another rank from another one", resumed_step));
+  if (comm.rank() == 0) {
     fs::create_directories(config.run_dir());
     add_log_file(config.run_dir() / "train.log");
   }
   spdlog::info("run directory: {}", config.run_dir().string());
   spdlog::info("effective config: {}", config.to_json().dump());
   install_stop_signal_handlers();
-  Trainer trainer(std::move(config), checkpoint ? &*checkpoint : nullptr, comm.get());
+  Trainer trainer(std::move(config), checkpoint ? &*checkpoint : nullptr, &comm);
   trainer.run(options.stop_at_step > 0 ? std::optional<int64_t>(options.stop_at_step) : std::nullopt);
+}
+
+void run_training(const TrainOptions& options) {
+  if (options.config_path.empty() && (options.resume.empty() || options.resume == "latest")) {
+    fail("give --config FILE (and optionally --resume latest), or --resume CHECKPOINT_DIR");
+  }
+  // One process per rank under mpirun/srun; a plain launch is one rank.
+  std::unique_ptr<Communicator> comm = make_communicator();
+  set_log_rank(comm->rank(), comm->world_size());
+  try {
+    train_on_ranks(options, *comm);
+  } catch (const Error& e) {
+    // With several ranks the communicator's destructor aborts the job while
+    // this exception unwinds, before main() could print it: say it now.
+    if (comm->world_size() > 1) spdlog::error("{}", e.what());
+    throw;
+  }
 }
 }  // namespace
 
