@@ -340,6 +340,60 @@ TEST(DataParallel, ASignalToOneRankStopsEveryRankWithACheckpoint) {
   EXPECT_EQ(checkpoint->state().at("world_size").get<int>(), 2);
 }
 
+// SIGKILL to one rank mid-run, checkpointing every step: the job ends with
+// an error, every checkpoint directory that is visible opens whole (a save
+// cut short stays a .tmp directory, never read), and --resume latest on the
+// same ranks finishes the run exactly as the run without the kill. Run by
+// the ctest entry data_parallel_rank_killed.
+TEST(DataParallel, ARankKilledMidRunLosesOnlyTheStepsSinceTheLastCheckpoint) {
+  const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_rank_killed";
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  auto write_config = [&](const std::string& run) {
+    Json document = run_config(dir.path(), "ademamix", run, 1);
+    document["training"]["steps"] = 40;
+    document["checkpoint"]["interval"] = 1;
+    const fs::path path = dir / (run + ".json");
+    std::ofstream(path) << document.dump(2);
+    return std::make_pair(path.string(), Config::from_json(document));
+  };
+  const auto [killed_path, killed] = write_config("killed");
+  const auto [straight_path, straight] = write_config("straight");
+  const fs::path log = dir / "emix.log";
+  const std::string np2 = std::string(mpirun) + " -np 2 ";
+  const std::string rank_command_line = std::string(EMIX_BINARY) + " train --config " + killed_path;
+  ASSERT_EQ(std::system((np2 + EMIX_BINARY + " train --config " + straight_path + " >/dev/null 2>&1").c_str()), 0);
+
+  FILE* running = popen((np2 + rank_command_line + " >" + log.string() + " 2>&1").c_str(), "r");
+  ASSERT_NE(running, nullptr);
+  const fs::path metrics = dir / "killed" / "metrics.jsonl";
+  for (int i = 0; i < 600 && (!fs::exists(metrics) || fs::file_size(metrics) < 1500); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(std::system(("pkill -KILL -n -f '^" + rank_command_line + "'").c_str()), 0) << "no rank to kill";
+  EXPECT_NE(pclose(running), 0) << "the job went on without a rank";
+
+  for (const fs::path& path : list_checkpoints(killed.checkpoint_dir())) EXPECT_NO_THROW(Checkpoint::open(path)) << path;
+  auto before = open_latest_checkpoint(killed.checkpoint_dir());
+  ASSERT_TRUE(before.has_value()) << read_text_file(log);
+  ASSERT_LT(before->step(), 40) << "killed too late to test anything";
+  ASSERT_EQ(std::system((np2 + rank_command_line + " --resume latest >" + log.string() + " 2>&1").c_str()), 0)
+      << read_text_file(log);
+
+  const ParameterLayout layout(killed.model);
+  const Checkpoint resumed = *open_latest_checkpoint(killed.checkpoint_dir());
+  const Checkpoint reference = *open_latest_checkpoint(straight.checkpoint_dir());
+  ASSERT_EQ(resumed.step(), 40);
+  for (const char* tensor : {"params", "optimizer.m2"}) {
+    std::vector<float> got(layout.num_parameters());
+    std::vector<float> expected(layout.num_parameters());
+    resumed.read_tensor(tensor, got);
+    reference.read_tensor(tensor, expected);
+    EXPECT_TRUE(same_bits(got, expected)) << tensor << " differs from the run without the kill";
+  }
+}
+
 }  // namespace
 }  // namespace emix
 
