@@ -244,6 +244,19 @@ TEST(DataParallel, ACheckpointMissingARanksFileIsRefused) {
   EXPECT_FALSE(open_latest_checkpoint(config.checkpoint_dir()).has_value());
 }
 
+TEST(DataParallel, RanksStartedWithDifferentConfigsAllStop) {
+  if (comm().world_size() == 1) GTEST_SKIP() << "needs several ranks (mpirun)";
+  SharedDir dir;
+  Json document = run_config(dir.path(), "adamw", "mismatched", 1);
+  if (comm().rank() == 1) document["optimizer"]["lr"] = 1e-3;
+  try {
+    Trainer trainer(Config::from_json(document), nullptr, &comm());
+    ADD_FAILURE() << "ranks with different configs started training";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(comm().rank() == 1 ? "differs from rank 0's" : "failed"), std::string::npos) << e.what();
+  }
+}
+
 // A run started on 4 ranks, continued on 2, finished on 3 (each stop a
 // checkpoint, as after a preemption) through the emix executable under
 // mpirun, against the same run straight in one process. Runs from the ctest
