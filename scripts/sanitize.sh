@@ -20,7 +20,7 @@ if [[ -f "$supp/lsan.supp" ]]; then
   export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 fi
 # Instrumented code is several times slower than Release: longer timeouts.
-# The mpirun tests are left out: Open MPI's own start-up allocations, made in
+# The mpirun tests (every ctest entry named distributed_mpi_*) are left out: Open MPI's own start-up allocations, made in
 # the libmpi we dlopen, are never freed and LeakSanitizer reports them in
 # every rank (frames in an unloaded module, which no suppression can name).
 # They run uninstrumented in the main suite.

@@ -260,11 +260,11 @@ TEST(DataParallel, RanksStartedWithDifferentConfigsAllStop) {
 // A run started on 4 ranks, continued on 2, finished on 3 (each stop a
 // checkpoint, as after a preemption) through the emix executable under
 // mpirun, against the same run straight in one process. Runs from the ctest
-// entry data_parallel_reshard_4_2_3, which sets EMIX_TEST_MPIRUN to the
+// entry distributed_mpi_reshard_4_2_3, which sets EMIX_TEST_MPIRUN to the
 // mpirun command line.
 TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
   const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
-  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_reshard_4_2_3";
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry distributed_mpi_reshard_4_2_3";
   test::TempDir dir;
   test::write_tiny_shards(dir.path());
   auto write_config = [&](const std::string& run) {
@@ -319,10 +319,10 @@ TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
 
 // SIGTERM delivered to one rank only (a node's preemption notice): every
 // rank stops after the same step, a complete checkpoint is written and the
-// job exits 0. Run by the ctest entry data_parallel_sigterm_one_rank.
+// job exits 0. Run by the ctest entry distributed_mpi_sigterm_one_rank.
 TEST(DataParallel, ASignalToOneRankStopsEveryRankWithACheckpoint) {
   const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
-  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_sigterm_one_rank";
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry distributed_mpi_sigterm_one_rank";
   test::TempDir dir;
   test::write_tiny_shards(dir.path());
   Json document = run_config(dir.path(), "ademamix", "preempted", 1);
@@ -357,10 +357,10 @@ TEST(DataParallel, ASignalToOneRankStopsEveryRankWithACheckpoint) {
 // an error, every checkpoint directory that is visible opens whole (a save
 // cut short stays a .tmp directory, never read), and --resume latest on the
 // same ranks finishes the run exactly as the run without the kill. Run by
-// the ctest entry data_parallel_rank_killed.
+// the ctest entry distributed_mpi_rank_killed.
 TEST(DataParallel, ARankKilledMidRunLosesOnlyTheStepsSinceTheLastCheckpoint) {
   const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
-  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry data_parallel_rank_killed";
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry distributed_mpi_rank_killed";
   test::TempDir dir;
   test::write_tiny_shards(dir.path());
   auto write_config = [&](const std::string& run) {
