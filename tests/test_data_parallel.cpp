@@ -70,6 +70,8 @@ class SharedDir {
   fs::path path_;
 };
 
+// With the forgetting probe on, so its injection and its measurements are
+// compared across rank counts too.
 Json run_config(const fs::path& dir, const std::string& optimizer, const std::string& run, int zero_stage) {
   return Json{
       {"model", {{"vocab_size", test::kTinyVocab}, {"padded_vocab_size", test::kTinyVocab}, {"n_layer", 2}, {"n_embd", 32}, {"n_head", 2}, {"block_size", 16}}},
@@ -77,7 +79,8 @@ Json run_config(const fs::path& dir, const std::string& optimizer, const std::st
       {"optimizer", {{"name", optimizer}, {"lr", 3e-3}}},
       {"schedule", {{"name", "cosine"}, {"warmup_steps", 2}}},
       {"training", {{"batch_size", 1}, {"seq_len", 8}, {"total_batch_tokens", 96}, {"steps", kSteps}, {"eval_interval", 3},
-                    {"eval_batches", 3}, {"seed", 5}, {"grad_clip", 0.5}, {"threads", 1}, {"zero_stage", zero_stage}}},
+                    {"eval_batches", 3}, {"seed", 5}, {"grad_clip", 0.5}, {"threads", 1}, {"zero_stage", zero_stage},
+                    {"forgetting_probe_step", 4}, {"forgetting_probe_interval", 1}}},
       {"checkpoint", {{"keep_last", 0}}},
       {"logging", {{"run_dir", (dir / run).string()}, {"interval", 100}, {"sample_tokens", 0}}},
   };

@@ -52,7 +52,13 @@ TrainingConfig read_training(JsonObjectReader r) {
   t.outlier_zscore = r.get("outlier_zscore", t.outlier_zscore);
   t.outlier_window = r.get("outlier_window", t.outlier_window);
   t.zero_stage = r.get("zero_stage", t.zero_stage);
+  t.forgetting_probe_step = r.get("forgetting_probe_step", t.forgetting_probe_step);
+  t.forgetting_probe_interval = r.get("forgetting_probe_interval", t.forgetting_probe_interval);
   r.reject_unknown_keys();
+  if (t.forgetting_probe_step < 0) fail("config key 'training.forgetting_probe_step' must be >= 0, got {}", t.forgetting_probe_step);
+  if (t.forgetting_probe_interval < 1) {
+    fail("config key 'training.forgetting_probe_interval' must be >= 1, got {}", t.forgetting_probe_interval);
+  }
   if (t.zero_stage != 0 && t.zero_stage != 1) fail("config key 'training.zero_stage' must be 0 or 1, got {}", t.zero_stage);
   if (t.batch_size <= 0) fail("config key 'training.batch_size' must be positive, got {}", t.batch_size);
   if (t.seq_len <= 0) fail("config key 'training.seq_len' must be positive, got {}", t.seq_len);
@@ -191,7 +197,9 @@ Json Config::to_json() const {
         {"eval_interval", training.eval_interval}, {"eval_batches", training.eval_batches}, {"seed", training.seed},
         {"threads", training.threads}, {"max_consecutive_skips", training.max_consecutive_skips},
         {"time_limit_minutes", training.time_limit_minutes}, {"outlier_zscore", training.outlier_zscore},
-        {"outlier_window", training.outlier_window}, {"zero_stage", training.zero_stage}}},
+        {"outlier_window", training.outlier_window}, {"zero_stage", training.zero_stage},
+        {"forgetting_probe_step", training.forgetting_probe_step},
+        {"forgetting_probe_interval", training.forgetting_probe_interval}}},
       {"checkpoint",
        {{"dir", checkpoint.dir}, {"interval", checkpoint.interval}, {"keep_last", checkpoint.keep_last},
         {"milestone_interval", checkpoint.milestone_interval}}},

@@ -38,6 +38,8 @@ struct TrainingConfig {
   int outlier_window = 100;         // applied steps the outlier statistics are taken over
   double time_limit_minutes = 0.0;  // stop (with a checkpoint) before this much wall time; 0: none
   int zero_stage = 0;               // under mpirun: 0 replicates the optimizer state, 1 shards it (ZeRO-1)
+  int64_t forgetting_probe_step = 0;  // this step trains on the held-out probe batch; 0: no probe
+  int forgetting_probe_interval = 10;  // steps between measurements of the probe batch's loss
 
   // Derived: micro-batches accumulated per step (per rank).
   int accumulation_steps(int world_size = 1) const;

@@ -76,6 +76,7 @@ Trainer::Trainer(Config config, const Checkpoint* resume, Communicator* comm)
     val_data_ = std::make_unique<TokenDataset>(config_.data.val_shards, t.seq_len, config_.model.vocab_size);
     val_stream_ = std::make_unique<WindowStream>(*val_data_, t.seed, /*shuffle=*/false);
   }
+  check_probe_batch();
   inputs_.resize(static_cast<size_t>(t.batch_size) * t.seq_len);
   targets_.resize(inputs_.size());
 
@@ -108,6 +109,19 @@ Trainer::Trainer(Config config, const Checkpoint* resume, Communicator* comm)
                config_.total_steps());
 }
 
+void Trainer::check_probe_batch() const {
+  const TrainingConfig& t = config_.training;
+  if (t.forgetting_probe_step <= 0) return;
+  if (t.forgetting_probe_step > config_.total_steps()) {
+    fail("training.forgetting_probe_step ({}) is past the run's last step ({})", t.forgetting_probe_step, config_.total_steps());
+  }
+  if (probe_position() + sequences_per_step() > train_data_->num_windows()) {
+    spdlog::warn("forgetting probe: the run covers more than one epoch of the training data, so the probe batch is also "
+                 "trained on outside step {} and its curve measures less than forgetting",
+                 t.forgetting_probe_step);
+  }
+}
+
 void Trainer::check_same_config_everywhere() {
   if (comm_.world_size() == 1) return;
   const std::string text = config_.to_json().dump();
@@ -126,12 +140,14 @@ StepRecord Trainer::train_step() {
   const int accumulation = t.accumulation_steps(ranks);
   const int micro_batches = accumulation * ranks;  // in the global batch
   backend_->zero_grad();
+  // The forgetting probe's step trains on the held-out batch instead.
+  const uint64_t batch_start = step_ + 1 == t.forgetting_probe_step ? probe_position() : windows_consumed_;
   // One slot per micro-batch of the global batch: summed over the ranks
   // (each fills its own, the others add zeros) and then in order, the mean
   // loss has the same bits whatever the number of ranks.
   std::vector<double> losses(static_cast<size_t>(micro_batches), 0.0);
   for (int micro = 0; micro < accumulation; ++micro) {
-    train_stream_->read(micro_batch_start(windows_consumed_, comm_.rank(), micro, accumulation, t.batch_size), t.batch_size,
+    train_stream_->read(micro_batch_start(batch_start, comm_.rank(), micro, accumulation, t.batch_size), t.batch_size,
                         inputs_, targets_);
     losses[static_cast<size_t>(comm_.rank() * accumulation + micro)] =
         backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(micro_batches));
@@ -187,17 +203,45 @@ float Trainer::mean_validation_loss() {
   // make the figure look more precise than it is.
   uint64_t available = std::max<uint64_t>(1, val_data_->num_windows() / static_cast<uint64_t>(t.batch_size));
   uint64_t batches = std::min<uint64_t>(std::max(1, t.eval_batches), available);
+  return mean_loss(*val_stream_, 0, batches);
+}
+
+float Trainer::mean_loss(WindowStream& stream, uint64_t first, uint64_t batches) {
+  const TrainingConfig& t = config_.training;
   // Batch i is evaluated by rank i mod N; the losses are combined as in
   // train_step, so the figure does not depend on the number of ranks.
   std::vector<double> losses(batches, 0.0);
   for (uint64_t i = static_cast<uint64_t>(comm_.rank()); i < batches; i += static_cast<uint64_t>(comm_.world_size())) {
-    val_stream_->read(i * static_cast<uint64_t>(t.batch_size), t.batch_size, inputs_, targets_);
+    stream.read(first + i * static_cast<uint64_t>(t.batch_size), t.batch_size, inputs_, targets_);
     losses[i] = backend_->forward(inputs_, targets_, t.batch_size, t.seq_len);
   }
   comm_.all_reduce_sum(std::span<double>(losses));
   double sum = 0.0;
   for (double loss : losses) sum += loss;
   return static_cast<float>(sum / static_cast<double>(batches));
+}
+
+uint64_t Trainer::sequences_per_step() const {
+  return static_cast<uint64_t>(config_.training.total_batch_tokens / config_.training.seq_len);
+}
+
+// The global batch just past the run's last one: a run of at most one epoch
+// never trains on it, except at the probe step.
+uint64_t Trainer::probe_position() const { return static_cast<uint64_t>(config_.total_steps()) * sequences_per_step(); }
+
+bool Trainer::probe_due() const {
+  const int64_t injected = config_.training.forgetting_probe_step;
+  if (injected <= 0) return false;
+  return step_ == injected - 1 || (step_ >= injected && (step_ - injected) % config_.training.forgetting_probe_interval == 0);
+}
+
+void Trainer::log_probe_loss() {
+  float loss = NAN;
+  with_eval_params([&] { loss = mean_loss(*train_stream_, probe_position(), sequences_per_step() / config_.training.batch_size); });
+  const int64_t since = step_ - config_.training.forgetting_probe_step;
+  spdlog::info("probe loss {:.4f} at step {} ({})", loss, step_,
+               since < 0 ? std::string("before the probe batch") : fmt::format("{} steps after it", since));
+  if (metrics_) metrics_->write({{"step", step_}, {"probe_loss", loss}, {"steps_since_probe", since}, {"tokens", tokens_seen_}});
 }
 
 void Trainer::log_progress(const StepRecord& r, double step_seconds) {
@@ -291,6 +335,7 @@ bool Trainer::run(std::optional<int64_t> stop_at_step) {
   const auto run_start = Clock::now();
   if (step_ > 0) spdlog::info("resuming at step {}/{} ({} tokens seen)", step_, total, format_count(static_cast<double>(tokens_seen_)));
   StopVote stop = agree_to_stop(false);
+  if (step_ == 0 && probe_due()) log_probe_loss();
   while (step_ < total && (!stop_at_step || step_ < *stop_at_step) && !stop.signal && !stop.out_of_time) {
     auto start = Clock::now();
     StepRecord record = train_step();
@@ -310,6 +355,7 @@ bool Trainer::run(std::optional<int64_t> stop_at_step) {
       spdlog::info("validation loss {:.4f} at step {}", val_loss, step_);
       if (metrics_) metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
     }
+    if (probe_due()) log_probe_loss();
     if (config_.checkpoint.interval > 0 && step_ % config_.checkpoint.interval == 0 && step_ < total) try_periodic_checkpoint();
     stop = agree_to_stop(near_time_limit(seconds_since(run_start)));
   }

@@ -84,6 +84,17 @@ class Trainer {
   // (schedule-free's x), then restores the training point bit-exactly.
   void with_eval_params(const std::function<void()>& body);
   float mean_validation_loss();  // at the parameters as they are
+  // Mean loss of `batches` micro-batches of the stream from window `first`,
+  // split over the ranks; at the parameters as they are.
+  float mean_loss(WindowStream& stream, uint64_t first, uint64_t batches);
+  uint64_t sequences_per_step() const;
+  // The forgetting probe (training.forgetting_probe_step): where its batch
+  // is in the training stream, whether its loss is measured after the
+  // current step, and the measurement.
+  uint64_t probe_position() const;
+  bool probe_due() const;
+  void log_probe_loss();
+  void check_probe_batch() const;
   void restore(const Checkpoint& checkpoint);
   Json run_state() const;
   void log_progress(const StepRecord& record, double step_seconds);
