@@ -3,7 +3,9 @@
 // batch's loss is logged just before and every interval steps after.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -56,6 +58,24 @@ TEST(ForgettingProbe, InjectsTheBatchOnceAndLogsItsLoss) {
   // The same run up to the probe step, another one from it on.
   for (int s = 0; s < kProbeStep - 1; ++s) EXPECT_EQ(with_probe.history()[s].loss, without.history()[s].loss) << "step " << s + 1;
   EXPECT_NE(with_probe.history()[kProbeStep - 1].loss, without.history()[kProbeStep - 1].loss);
+}
+
+// The control run measures the same batch at the same steps without training
+// on it: it is the run without the probe, plus the measurements.
+TEST(ForgettingProbe, TheControlRunNeverTrainsOnTheBatch) {
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  Json control_config = probe_config(dir, "control", kProbeStep);
+  control_config["training"]["forgetting_probe_inject"] = false;
+  const Config control = Config::from_json(control_config);
+  Trainer with_control(control);
+  ASSERT_TRUE(with_control.run());
+  Trainer without(Config::from_json(probe_config(dir, "plain", 0)));
+  ASSERT_TRUE(without.run());
+  EXPECT_EQ(probe_losses(control).size(), 6u);
+  std::span<const float> a = with_control.backend().weights();
+  std::span<const float> b = without.backend().weights();
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), b.begin(), b.end()));
 }
 
 TEST(ForgettingProbe, AProbeStepPastTheRunIsAnError) {

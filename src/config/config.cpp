@@ -54,6 +54,7 @@ TrainingConfig read_training(JsonObjectReader r) {
   t.zero_stage = r.get("zero_stage", t.zero_stage);
   t.forgetting_probe_step = r.get("forgetting_probe_step", t.forgetting_probe_step);
   t.forgetting_probe_interval = r.get("forgetting_probe_interval", t.forgetting_probe_interval);
+  t.forgetting_probe_inject = r.get("forgetting_probe_inject", t.forgetting_probe_inject);
   r.reject_unknown_keys();
   if (t.forgetting_probe_step < 0) fail("config key 'training.forgetting_probe_step' must be >= 0, got {}", t.forgetting_probe_step);
   if (t.forgetting_probe_interval < 1) {
@@ -199,7 +200,8 @@ Json Config::to_json() const {
         {"time_limit_minutes", training.time_limit_minutes}, {"outlier_zscore", training.outlier_zscore},
         {"outlier_window", training.outlier_window}, {"zero_stage", training.zero_stage},
         {"forgetting_probe_step", training.forgetting_probe_step},
-        {"forgetting_probe_interval", training.forgetting_probe_interval}}},
+        {"forgetting_probe_interval", training.forgetting_probe_interval},
+        {"forgetting_probe_inject", training.forgetting_probe_inject}}},
       {"checkpoint",
        {{"dir", checkpoint.dir}, {"interval", checkpoint.interval}, {"keep_last", checkpoint.keep_last},
         {"milestone_interval", checkpoint.milestone_interval}}},

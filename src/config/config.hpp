@@ -40,6 +40,7 @@ struct TrainingConfig {
   int zero_stage = 0;               // under mpirun: 0 replicates the optimizer state, 1 shards it (ZeRO-1)
   int64_t forgetting_probe_step = 0;  // this step trains on the held-out probe batch; 0: no probe
   int forgetting_probe_interval = 10;  // steps between measurements of the probe batch's loss
+  bool forgetting_probe_inject = true;  // false: measure the probe batch without training on it (the control run)
 
   // Derived: micro-batches accumulated per step (per rank).
   int accumulation_steps(int world_size = 1) const;

@@ -141,7 +141,8 @@ StepRecord Trainer::train_step() {
   const int micro_batches = accumulation * ranks;  // in the global batch
   backend_->zero_grad();
   // The forgetting probe's step trains on the held-out batch instead.
-  const uint64_t batch_start = step_ + 1 == t.forgetting_probe_step ? probe_position() : windows_consumed_;
+  const bool inject = t.forgetting_probe_inject && step_ + 1 == t.forgetting_probe_step;
+  const uint64_t batch_start = inject ? probe_position() : windows_consumed_;
   // One slot per micro-batch of the global batch: summed over the ranks
   // (each fills its own, the others add zeros) and then in order, the mean
   // loss has the same bits whatever the number of ranks.
