@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <span>
 #include <sstream>
@@ -54,6 +56,13 @@ TEST(ForgettingProbe, InjectsTheBatchOnceAndLogsItsLoss) {
   EXPECT_EQ(steps, (std::vector<int64_t>{4, 5, 7, 9, 11, 13}));
   EXPECT_LT(losses.at(5), losses.at(4)) << "training on the probe batch must lower its loss";
   EXPECT_TRUE(probe_losses(plain).empty());
+
+  // scripts/plot --probe draws the curve, and says so when a run has none.
+  const std::filesystem::path png = dir.path() / "probe.png";
+  const std::string plot = (test::source_dir() / "scripts" / "plot").string() + " --probe ";
+  EXPECT_EQ(std::system((plot + probed.run_dir().string() + " -o " + png.string() + " >/dev/null 2>&1").c_str()), 0);
+  EXPECT_GT(std::filesystem::exists(png) ? std::filesystem::file_size(png) : 0, 10000u);
+  EXPECT_NE(std::system((plot + plain.run_dir().string() + " -o " + png.string() + " >/dev/null 2>&1").c_str()), 0);
 
   // The same run up to the probe step, another one from it on.
   for (int s = 0; s < kProbeStep - 1; ++s) EXPECT_EQ(with_probe.history()[s].loss, without.history()[s].loss) << "step " << s + 1;
