@@ -234,6 +234,24 @@ TEST(Distributed, DoubleScalarsSumInRankOrder) {
   EXPECT_EQ(pair[1], 2.0 * n);
 }
 
+// Doubles come back exactly (odd bit patterns, 2^53-sized integers, NaN,
+// infinities), each rank's in its chunk, on every rank.
+TEST(Distributed, DoubleTablesAreGatheredExactly) {
+  const int n = comm().world_size();
+  auto values_of = [](int rank) {
+    return std::vector<double>{0.1 * (rank + 1) + 1e-17, 9007199254740991.0 - rank, rank == 1 ? NAN : -1e308,
+                               rank == 0 ? INFINITY : 3.5};
+  };
+  std::vector<double> gathered(4 * static_cast<size_t>(n));
+  comm().all_gather(values_of(comm().rank()), gathered);
+  for (int r = 0; r < n; ++r) {
+    const std::vector<double> expected = values_of(r);
+    EXPECT_EQ(std::memcmp(gathered.data() + 4 * r, expected.data(), 4 * sizeof(double)), 0) << "chunk of rank " << r;
+  }
+  std::vector<double> wrong(4 * static_cast<size_t>(n) + 1);
+  EXPECT_THROW(comm().all_gather(values_of(comm().rank()), wrong), Error);
+}
+
 TEST(Distributed, CheckAllMakesEveryRankThrow) {
   const int n = comm().world_size();
   EXPECT_NO_THROW(comm().check_all(true, "fine"));

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <map>
 #include <utility>
 
 #include <fmt/format.h>
@@ -98,7 +97,7 @@ int64_t step_of(const fs::path& dir) {
 namespace {
 // Runs one phase of a collective save on every rank: `body` may throw an
 // emix::Error or a filesystem error on some ranks only; then every rank
-// throws (Communicator::check_all), after `cleanup` on the failed ones.
+// throws (Communicator::check_all).
 template <typename Body>
 void collective_phase(Communicator& comm, const fs::path& final_dir, const Body& body) {
   std::string error;
@@ -116,14 +115,10 @@ void collective_phase(Communicator& comm, const fs::path& final_dir, const Body&
 // CRC) pairs, gathered exactly (both fit a double's 53-bit mantissa).
 Json gather_file_entries(Communicator& comm, const std::optional<std::pair<uint64_t, uint32_t>>& mine) {
   const auto world = static_cast<size_t>(comm.world_size());
-  std::vector<double> table(3 * world, 0.0);
-  if (mine) {
-    const size_t r = static_cast<size_t>(comm.rank());
-    table[3 * r] = 1.0;
-    table[3 * r + 1] = static_cast<double>(mine->first);
-    table[3 * r + 2] = static_cast<double>(mine->second);
-  }
-  comm.all_reduce_sum(std::span<double>(table));
+  const double row[3] = {mine ? 1.0 : 0.0, mine ? static_cast<double>(mine->first) : 0.0,
+                         mine ? static_cast<double>(mine->second) : 0.0};
+  std::vector<double> table(3 * world);
+  comm.all_gather(row, table);
   Json files = Json::array();
   for (size_t r = 0; r < world; ++r) {
     if (table[3 * r] == 0.0) continue;

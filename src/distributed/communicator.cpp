@@ -2,6 +2,7 @@
 // operations and the choice of backend from the launcher's environment.
 #include "distributed/communicator.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -29,11 +30,20 @@ double Communicator::all_reduce_sum(double value) {
   return value;
 }
 
+void Communicator::all_gather(std::span<const double> input, std::span<double> output) {
+  if (output.size() != input.size() * static_cast<size_t>(world_size())) {
+    fail("all_gather: {} output elements for {} ranks of {}", output.size(), world_size(), input.size());
+  }
+  std::fill(output.begin(), output.end(), 0.0);
+  std::copy(input.begin(), input.end(), output.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(rank()) * input.size()));
+  all_reduce_sum(output);
+}
+
 void Communicator::check_all(bool ok, const std::string& what) {
   const int n = world_size();
-  std::vector<double> failed(static_cast<size_t>(n), 0.0);
-  failed[static_cast<size_t>(rank())] = ok ? 0.0 : 1.0;
-  all_reduce_sum(std::span<double>(failed));
+  const double mine = ok ? 0.0 : 1.0;
+  std::vector<double> failed(static_cast<size_t>(n));
+  all_gather(std::span<const double>(&mine, 1), failed);
   std::string ranks;
   for (int r = 0; r < n; ++r) {
     if (failed[static_cast<size_t>(r)] != 0.0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);

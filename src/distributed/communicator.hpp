@@ -111,6 +111,12 @@ class Communicator {
   // ranks in double, in rank order, identical on every rank.
   virtual void all_reduce_sum(std::span<double> data) = 0;
   double all_reduce_sum(double value);
+  // Small double tables (losses per micro-batch, norm block sums, file
+  // sizes): output has world_size() * input.size() elements and chunk r of
+  // output is rank r's input, the same on every rank. Built on
+  // all_reduce_sum over a zero-filled table, in which each element's sum
+  // is one value plus zeros: exact (only a -0.0 comes back as +0.0).
+  void all_gather(std::span<const double> input, std::span<double> output);
   // true on every rank if `flag` is true on any rank (e.g. a stop request
   // that reached one rank only).
   virtual bool any(bool flag) = 0;

@@ -104,11 +104,11 @@ double DataParallel::reduce_gradients() {
 double DataParallel::sum_blocks_over_shards(std::span<const double> block_sums) {
   const size_t blocks_per_shard = plan_.chunk / kSumOfSquaresBlock;
   if (block_sums.size() > blocks_per_shard) throw std::logic_error("more block sums than a shard has blocks");
-  // Each rank fills its own slots; the sum over ranks of exact zeros and one
-  // value is that value, so every rank gets all block sums unchanged.
-  std::vector<double> all(blocks_per_shard * static_cast<size_t>(plan_.world), 0.0);
-  std::copy(block_sums.begin(), block_sums.end(), all.begin() + static_cast<std::ptrdiff_t>(plan_.rank * blocks_per_shard));
-  comm_.all_reduce_sum(std::span<double>(all));
+  // A short (or empty) shard's missing blocks count as zeros.
+  std::vector<double> mine(blocks_per_shard, 0.0);
+  std::copy(block_sums.begin(), block_sums.end(), mine.begin());
+  std::vector<double> all(blocks_per_shard * static_cast<size_t>(plan_.world));
+  comm_.all_gather(mine, all);
   double total = 0.0;
   for (double sum : all) total += sum;
   return total;

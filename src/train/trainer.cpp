@@ -143,17 +143,17 @@ StepRecord Trainer::train_step() {
   // The forgetting probe's step trains on the held-out batch instead.
   const bool inject = t.forgetting_probe_inject && step_ + 1 == t.forgetting_probe_step;
   const uint64_t batch_start = inject ? probe_position() : windows_consumed_;
-  // One slot per micro-batch of the global batch: summed over the ranks
-  // (each fills its own, the others add zeros) and then in order, the mean
-  // loss has the same bits whatever the number of ranks.
-  std::vector<double> losses(static_cast<size_t>(micro_batches), 0.0);
+  std::vector<double> my_losses(static_cast<size_t>(accumulation));
   for (int micro = 0; micro < accumulation; ++micro) {
     train_stream_->read(micro_batch_start(batch_start, comm_.rank(), micro, accumulation, t.batch_size), t.batch_size,
                         inputs_, targets_);
-    losses[static_cast<size_t>(comm_.rank() * accumulation + micro)] =
+    my_losses[static_cast<size_t>(micro)] =
         backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(micro_batches));
   }
-  comm_.all_reduce_sum(std::span<double>(losses));
+  // Every micro-batch's loss of the global batch, added in order: the mean
+  // loss has the same bits whatever the number of ranks.
+  std::vector<double> losses(static_cast<size_t>(micro_batches));
+  comm_.all_gather(my_losses, losses);
   double loss_sum = 0.0;
   for (double loss : losses) loss_sum += loss;
   StepRecord record;
@@ -170,7 +170,7 @@ StepRecord Trainer::train_step() {
     remember_applied(record);
   }
 
-  windows_consumed_ += static_cast<uint64_t>(micro_batches) * t.batch_size;
+  windows_consumed_ += sequences_per_step();
   tokens_seen_ += t.total_batch_tokens;
   step_ = record.step;
   return record;
