@@ -68,10 +68,12 @@ bench gpt2_124m_cuda
 bench gpt2_124m_cuda training.batch_size=32
 bench gpt2_124m_cuda cuda.attention=reference
 bench gpt2_124m_cuda optimizer.m2_dtype=bfloat16
+bench gpt2_124m_cuda optimizer.m2_dtype=int8
 bench gpt2_124m_cuda cuda.recompute=gelu+layernorm
 bench gpt2_350m_cuda
 bench gpt2_1.3b_cuda
 bench gpt2_1.3b_cuda optimizer.m2_dtype=bfloat16
+bench gpt2_1.3b_cuda optimizer.m2_dtype=int8
 
 echo "== training: GPT-2 124M and 1.3B with AdEMAMix on real text (progress lines: tok/s, MFU)"
 train() {  # config, steps

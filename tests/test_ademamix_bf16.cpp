@@ -119,14 +119,14 @@ TEST(AdemamixBf16M2, OptionIsValidatedAndDefaultsToFloat32) {
     const std::string message = error_message(Json{{"m2_dtype", bad}});
     EXPECT_NE(message.find("optimizer.m2_dtype"), std::string::npos) << message;
   }
-  EXPECT_NE(error_message(Json{{"m2_dtype", "bf16"}}).find("\"float32\" or \"bfloat16\""), std::string::npos);
+  EXPECT_NE(error_message(Json{{"m2_dtype", "bf16"}}).find("\"float32\" or \"bfloat16\" or \"int8\""), std::string::npos);
 }
 
 // Host placement keeps m2 in floats: 12 bytes per parameter either way (the
 // device's 10 is checked by the GPU test).
 TEST(AdemamixBf16M2, HostStateIsFloats) {
-  EXPECT_EQ(make_ademamix(Json{{"m2_dtype", "bfloat16"}}, 10)->state_bytes_per_parameter(), 12u);
-  EXPECT_EQ(make_ademamix(Json{{"m2_dtype", "bfloat16"}, {"beta1", 0.0}}, 10)->state_bytes_per_parameter(), 8u);
+  EXPECT_EQ(make_ademamix(Json{{"m2_dtype", "bfloat16"}}, 10)->state_bytes(), 120u);
+  EXPECT_EQ(make_ademamix(Json{{"m2_dtype", "bfloat16"}, {"beta1", 0.0}}, 10)->state_bytes(), 80u);
 }
 
 // Every stored m2 is a bf16, and it is the stochastic rounding (state stream,
@@ -156,7 +156,7 @@ TEST(AdemamixBf16M2, StoredM2IsTheStochasticRoundingOfItsAverage) {
       size_t not_bf16 = 0, mismatches = 0;
       for (size_t i = 0; i < size; ++i) {
         not_bf16 += !is_bf16(m2[i]);
-        const float average = ademamix_m2_average_for_bf16(previous_m2[i], grads[i], grads[i] == 0.0f ? guard : rate);
+        const float average = ademamix_m2_average_for_narrow(previous_m2[i], grads[i], grads[i] == 0.0f ? guard : rate);
         mismatches += m2[i] != bf16_round_stochastic(average, rounding_bits(key, element_offset + i));
       }
       EXPECT_EQ(not_bf16, 0u) << "step " << t;

@@ -72,8 +72,9 @@ class SharedDir {
 
 // With the forgetting probe on, so its injection and its measurements are
 // compared across rank counts too.
-Json run_config(const fs::path& dir, const std::string& optimizer, const std::string& run, int zero_stage) {
-  return Json{
+Json run_config(const fs::path& dir, const std::string& optimizer, const std::string& run, int zero_stage,
+                const Json& optimizer_overrides = Json::object()) {
+  Json config{
       {"model", {{"vocab_size", test::kTinyVocab}, {"padded_vocab_size", test::kTinyVocab}, {"n_layer", 2}, {"n_embd", 32}, {"n_head", 2}, {"block_size", 16}}},
       {"data", {{"train_shards", (dir / "tiny_train_*.bin").string()}, {"val_shards", (dir / "tiny_val_*.bin").string()}}},
       {"optimizer", {{"name", optimizer}, {"lr", 3e-3}}},
@@ -84,6 +85,8 @@ Json run_config(const fs::path& dir, const std::string& optimizer, const std::st
       {"checkpoint", {{"keep_last", 0}}},
       {"logging", {{"run_dir", (dir / run).string()}, {"interval", 100}, {"sample_tokens", 0}}},
   };
+  config["optimizer"].update(optimizer_overrides);
+  return config;
 }
 
 std::vector<float> weights_of(Trainer& trainer) {
@@ -121,10 +124,10 @@ struct Reference {
   std::vector<float> weights;
   std::vector<StepRecord> history;
 };
-Reference single_process_run(const std::string& optimizer) {
+Reference single_process_run(const std::string& optimizer, const Json& optimizer_overrides = Json::object()) {
   test::TempDir dir;
   test::write_tiny_shards(dir.path());
-  Trainer trainer(Config::from_json(run_config(dir.path(), optimizer, "single", 0)));
+  Trainer trainer(Config::from_json(run_config(dir.path(), optimizer, "single", 0, optimizer_overrides)));
   EXPECT_TRUE(trainer.run());
   return {weights_of(trainer), trainer.history()};
 }
@@ -154,13 +157,14 @@ void expect_close_to_reference(const Reference& reference, Trainer& trainer) {
 
 TEST(DataParallel, EveryOptimizerAtEveryStageMatchesTheSingleProcessRun) {
   SharedDir dir;
-  for (const std::string& name : optimizer_names()) {
-    SCOPED_TRACE(name);
-    const Reference reference = single_process_run(name);
+  for (const test::OptimizerVariant& v : test::optimizer_variants()) {
+    SCOPED_TRACE(v.label);
+    const Reference reference = single_process_run(v.name, v.overrides);
     std::vector<float> stage_weights[2];
     for (int stage : {0, 1}) {
       SCOPED_TRACE("zero_stage " + std::to_string(stage));
-      Trainer trainer(Config::from_json(run_config(dir.path(), name, name + std::to_string(stage), stage)), nullptr, &comm());
+      Trainer trainer(Config::from_json(run_config(dir.path(), v.name, v.label + std::to_string(stage), stage, v.overrides)),
+                      nullptr, &comm());
       ASSERT_TRUE(trainer.run());
       expect_close_to_reference(reference, trainer);
       stage_weights[stage] = weights_of(trainer);
@@ -318,6 +322,32 @@ TEST(DataParallel, ARunContinuesOnFourThenTwoThenThreeRanks) {
     }
     EXPECT_EQ(beyond, 0u) << tensor;
   }
+}
+
+// Two ranks told to resume different checkpoints (a per-rank --resume, as
+// an MPMD launch can give): every rank stops with a clear error before
+// training, and nothing is written. Run by the ctest entry
+// distributed_mpi_resume_mismatch.
+TEST(DataParallel, RanksResumingDifferentCheckpointsAllStop) {
+  const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry distributed_mpi_resume_mismatch";
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  const fs::path config_path = dir / "run.json";
+  Json document = run_config(dir.path(), "adamw", "run", 0);
+  document["checkpoint"] = Json{{"interval", 2}, {"keep_last", 0}};
+  std::ofstream(config_path) << document.dump(2);
+  const fs::path log = dir / "emix.log";
+  const std::string train = std::string(EMIX_BINARY) + " train --config " + config_path.string();
+  ASSERT_EQ(std::system((train + " --stop-at-step 4 >" + log.string() + " 2>&1").c_str()), 0) << read_text_file(log);
+  const std::vector<fs::path> checkpoints = list_checkpoints(Config::from_json(document).checkpoint_dir());
+  ASSERT_EQ(checkpoints.size(), 2u);
+  const std::string mpmd = std::string(mpirun) + " -np 1 " + train + " --resume " + checkpoints[0].string() +
+                           " : -np 1 " + train + " --resume " + checkpoints[1].string() + " >" + log.string() + " 2>&1";
+  EXPECT_NE(std::system(mpmd.c_str()), 0);
+  const std::string output = read_text_file(log);
+  EXPECT_NE(output.find("another rank from another one"), std::string::npos) << output;
+  EXPECT_EQ(list_checkpoints(Config::from_json(document).checkpoint_dir()).size(), 2u) << "nothing new is written";
 }
 
 // SIGTERM delivered to one rank only (a node's preemption notice): every

@@ -21,13 +21,13 @@ bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
 TEST(Resume, IsBitExactForEveryOptimizer) {
   test::TempDir dir;
   test::write_tiny_shards(dir.path());
-  for (const std::string& name : optimizer_names()) {
-    SCOPED_TRACE(name);
-    Config config = Config::from_json(test::tiny_run_config(dir, name, name + "_straight"));
+  for (const test::OptimizerVariant& v : test::optimizer_variants()) {
+    SCOPED_TRACE(v.label);
+    Config config = Config::from_json(test::tiny_run_config(dir, v.name, v.label + "_straight", v.overrides));
     Trainer straight(config);
     ASSERT_TRUE(straight.run());
 
-    Config interrupted_config = Config::from_json(test::tiny_run_config(dir, name, name + "_resumed"));
+    Config interrupted_config = Config::from_json(test::tiny_run_config(dir, v.name, v.label + "_resumed", v.overrides));
     std::vector<StepRecord> records;
     {
       Trainer first(interrupted_config);

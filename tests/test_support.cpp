@@ -9,6 +9,7 @@
 #include "core/rng.hpp"
 #include "data/shard.hpp"
 #include "distributed/communicator.hpp"
+#include "optim/optimizer.hpp"
 
 namespace emix::test {
 namespace fs = std::filesystem;
@@ -67,8 +68,9 @@ void write_tiny_shards(const fs::path& dir) {
   write_shard(dir / "tiny_val_0.bin", std::vector<uint16_t>(40, 5));
 }
 
-nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run) {
-  return nlohmann::json{
+nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run,
+                               const nlohmann::json& optimizer_overrides) {
+  nlohmann::json config{
       {"model", {{"vocab_size", kTinyVocab}, {"padded_vocab_size", kTinyVocab}, {"n_layer", 2}, {"n_embd", 16}, {"n_head", 2}, {"block_size", 16}}},
       {"data", {{"train_shards", (dir / "tiny_train_*.bin").string()}, {"val_shards", (dir / "tiny_val_*.bin").string()}}},
       {"optimizer", {{"name", optimizer}, {"lr", 3e-3}}},
@@ -78,6 +80,17 @@ nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer,
       {"checkpoint", {{"keep_last", 2}}},
       {"logging", {{"run_dir", (dir / run).string()}, {"interval", 100}, {"sample_tokens", 0}}},
   };
+  config["optimizer"].update(optimizer_overrides);
+  return config;
+}
+
+std::vector<OptimizerVariant> optimizer_variants() {
+  std::vector<OptimizerVariant> variants;
+  for (const std::string& name : optimizer_names()) variants.push_back({name, nlohmann::json::object(), name});
+  for (const char* dtype : {"bfloat16", "int8"}) {
+    variants.push_back({"ademamix", nlohmann::json{{"m2_dtype", dtype}}, std::string("ademamix_") + dtype});
+  }
+  return variants;
 }
 
 namespace {

@@ -48,7 +48,18 @@ std::vector<std::filesystem::path> golden_model_dirs();
 // 2-layer, 16-channel model whose run directory is dir/run.
 inline constexpr int kTinyVocab = 64;
 void write_tiny_shards(const std::filesystem::path& dir);
-nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run);
+// `optimizer_overrides` are added to the optimizer section (m2_dtype, ...).
+nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run,
+                               const nlohmann::json& optimizer_overrides = nlohmann::json::object());
+
+// What the every-optimizer tests cover: each registered optimizer with its
+// defaults, and AdEMAMix's narrow m2 storages.
+struct OptimizerVariant {
+  std::string name;
+  nlohmann::json overrides;  // optimizer hyperparameters beyond the defaults
+  std::string label;         // name, or name_<dtype>: for traces and run directories
+};
+std::vector<OptimizerVariant> optimizer_variants();
 
 // gtest's RUN_ALL_TESTS on every rank of a job (mpirun): rank 0 prints the
 // usual report, the other ranks only their failures, prefixed "[rank r]".

@@ -74,14 +74,28 @@ Function* find_function(std::string_view key) {
 // A buffer stored in bf16 (AdEMAMix's m2 with m2_dtype "bfloat16") has its
 // bit patterns' pointer in bf16[b] and a null data[b]: the update widens it
 // to float, runs the optimizer's math, and writes back the result rounded
-// stochastically with rounding_bits(bf16_rounding_key, global index), where
-// bf16_rounding_key = state_rounding_key(rounding_seed, step)
-// (kernels/bf16_rounding.hpp; ElementwiseOptimizer sets it).
+// stochastically with rounding_bits(narrow_rounding_key, global index), where
+// narrow_rounding_key = state_rounding_key(rounding_seed, step)
+// (kernels/bf16_rounding.hpp; ElementwiseOptimizer sets it). A buffer stored
+// in int8 blocks (m2_dtype "int8", optim/math/blockwise_int8.hpp) has its
+// codes in int8[b] and its blocks' scales in int8_scales[b], for the int8
+// pass below; the fused update sees only its packed floats, in data[b].
 inline constexpr int kMaxStateBuffers = 4;
 struct StateBuffers {
   float* data[kMaxStateBuffers] = {};
   uint16_t* bf16[kMaxStateBuffers] = {};
-  uint64_t bf16_rounding_key = 0;
+  uint8_t* int8[kMaxStateBuffers] = {};
+  float* int8_scales[kMaxStateBuffers] = {};
+  uint64_t narrow_rounding_key = 0;
+};
+
+// The int8 segments of an optimizer's range, [begin, end) relative to its
+// start, in order; passed by value to the kernel.
+inline constexpr int kMaxInt8Ranges = 16;
+struct Int8Ranges {
+  uint32_t count = 0;
+  uint64_t begin[kMaxInt8Ranges] = {};
+  uint64_t end[kMaxInt8Ranges] = {};
 };
 
 // The fused update of one segment [offset, offset + count) of the range:
@@ -90,6 +104,15 @@ struct StateBuffers {
 template <typename Coefficients>
 using UpdateFunction = void(const Coefficients& coefficients, const StateBuffers& state, const DeviceStep& step,
                             uint64_t rounding_key, size_t offset, size_t count);
+
+// "<name>.int8": the update of every element of `ranges` (whose int8
+// buffers' blocks these are) over a range of `count` elements, each block
+// dequantized, updated with the optimizer's math and requantized
+// stochastically (narrow_rounding_key) with its new scale; queued on
+// step.stream.
+template <typename Coefficients>
+using Int8UpdateFunction = void(const Coefficients& coefficients, const StateBuffers& state, const Int8Ranges& ranges,
+                                const DeviceStep& step, uint64_t rounding_key, size_t count);
 
 // The extra passes, each over [0, count) of the optimizer's range:
 //

@@ -63,10 +63,28 @@ inline double total_of_blocks(const StepInfo& info, std::span<const double> bloc
   return total;
 }
 
+// How a state buffer is stored on device placement. Host placement always
+// keeps floats (holding exactly the values the narrow formats can hold, so
+// both placements compute the same state).
+enum class StateStorage {
+  float32,
+  bfloat16,  // 2 bytes per element, rounded stochastically on every write
+  // 1 byte per element plus one float scale per block of kInt8Block
+  // (optim/math/blockwise_int8.hpp), for the elements of weight-decayed
+  // segments (matrices and embeddings); the other segments (biases and
+  // LayerNorm parameters, a fraction of a percent of a GPT-2) stay float32.
+  int8_blockwise,
+};
+
+// Device bytes of `count` elements stored as `storage`; for int8_blockwise,
+// `float_elements` of them are kept in float32 and the rest in blocks.
+uint64_t device_state_bytes(StateStorage storage, uint64_t count, uint64_t float_elements = 0);
+std::string_view storage_name(StateStorage storage);  // "fp32", "bf16", "int8"
+
 struct StateBuffer {
   std::string name;  // "m1", "m2", "nu", ...
   std::span<float> data;
-  bool bf16_on_device = false;  // stored in 2 bytes per element on device placement (4 otherwise)
+  StateStorage device_storage = StateStorage::float32;
 };
 
 class Optimizer {
@@ -86,10 +104,13 @@ class Optimizer {
   virtual void step_device(const DeviceStep& step, const StepInfo& info);
 
   virtual size_t size() const = 0;
-  // The bytes of per-parameter state this optimizer holds where it lives: 4
-  // per buffer state_buffers() lists, less where a buffer is stored narrower
-  // on the device (AdEMAMix's bf16 m2: 2).
-  virtual size_t state_bytes_per_parameter() const = 0;
+  // The bytes of state this optimizer holds where it lives: 4 per element of
+  // each buffer state_buffers() lists, less where a buffer is stored
+  // narrower on the device (AdEMAMix's m2: bf16 2, int8 about 1.02).
+  virtual uint64_t state_bytes() const = 0;
+  double state_bytes_per_parameter() const {
+    return size() == 0 ? 0.0 : static_cast<double>(state_bytes()) / static_cast<double>(size());
+  }
   // Every per-parameter buffer, for checkpoints; their contents are the
   // state. On device placement these are host mirrors of the device state:
   // call copy_state_to_host() before reading them, and copy_state_to_device()

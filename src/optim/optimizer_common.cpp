@@ -1,6 +1,7 @@
 #include "optim/optimizer_common.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <stdexcept>
 
@@ -80,21 +81,46 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
 
 ElementwiseOptimizer::ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
                                            std::vector<std::string> buffer_names, Placement placement,
-                                           const std::vector<std::string>& device_bf16_buffers)
+                                           std::vector<StateStorage> storage)
     : name_(std::move(name)),
       size_(size),
       segments_(std::move(segments)),
       buffer_names_(std::move(buffer_names)),
-      device_bf16_(buffer_names_.size(), false),
+      storage_(std::move(storage)),
       placement_(placement) {
   check_segments(segments_, size_);
-  for (const std::string& bf16_name : device_bf16_buffers) device_bf16_[index_of(bf16_name)] = true;
+  if (storage_.empty()) storage_.assign(buffer_names_.size(), StateStorage::float32);
+  if (storage_.size() != buffer_names_.size()) throw std::logic_error("one storage per state buffer");
+  has_int8_ = std::find(storage_.begin(), storage_.end(), StateStorage::int8_blockwise) != storage_.end();
+  for (const ParamSegment& segment : segments_) {
+    if (is_int8_segment(segment)) {
+      if (!int8_ranges_.empty() && int8_ranges_.back().second == segment.offset) {
+        int8_ranges_.back().second += segment.count;
+      } else {
+        int8_ranges_.emplace_back(segment.offset, segment.offset + segment.count);
+      }
+      packed_offsets_.push_back(0);
+    } else {
+      packed_offsets_.push_back(packed_count_);
+      packed_count_ += segment.count;
+    }
+  }
   for (size_t i = 0; i < buffer_names_.size(); ++i) {
     if (placement_ == Placement::host) {
       buffers_.emplace_back(size_, 0.0f);
-    } else {
-      device_buffers_.emplace_back(size_ * (device_bf16_[i] ? sizeof(uint16_t) : sizeof(float)));
+      continue;
     }
+    DeviceBuffer buffer;
+    switch (storage_[i]) {
+      case StateStorage::float32: buffer.elements = device::Allocation(size_ * sizeof(float)); break;
+      case StateStorage::bfloat16: buffer.elements = device::Allocation(size_ * sizeof(uint16_t)); break;
+      case StateStorage::int8_blockwise:
+        buffer.elements = device::Allocation(size_);
+        buffer.scales = device::Allocation(int8_block_count() * sizeof(float));
+        buffer.floats = device::Allocation(packed_count_ * sizeof(float));
+        break;
+    }
+    device_buffers_.push_back(std::move(buffer));
   }
 }
 
@@ -104,9 +130,11 @@ size_t ElementwiseOptimizer::index_of(std::string_view name) const {
   return static_cast<size_t>(it - buffer_names_.begin());
 }
 
-size_t ElementwiseOptimizer::state_bytes_per_parameter() const {
-  size_t bytes = 0;
-  for (bool bf16 : device_bf16_) bytes += placement_ == Placement::device && bf16 ? sizeof(uint16_t) : sizeof(float);
+uint64_t ElementwiseOptimizer::state_bytes() const {
+  uint64_t bytes = 0;
+  for (StateStorage storage : storage_) {
+    bytes += placement_ == Placement::device ? device_state_bytes(storage, size_, packed_count_) : size_ * sizeof(float);
+  }
   return bytes;
 }
 
@@ -118,7 +146,7 @@ void ElementwiseOptimizer::allocate_mirrors() {
 std::vector<StateBuffer> ElementwiseOptimizer::state_buffers() {
   allocate_mirrors();
   std::vector<StateBuffer> result;
-  for (size_t i = 0; i < buffers_.size(); ++i) result.push_back(StateBuffer{buffer_names_[i], buffers_[i], device_bf16_[i]});
+  for (size_t i = 0; i < buffers_.size(); ++i) result.push_back(StateBuffer{buffer_names_[i], buffers_[i], storage_[i]});
   return result;
 }
 
@@ -127,13 +155,18 @@ void ElementwiseOptimizer::copy_state_to_host() {
   allocate_mirrors();
   std::vector<uint16_t> bits;
   for (size_t i = 0; i < buffers_.size(); ++i) {
-    if (!device_bf16_[i]) {
-      device::memory_ops().copy_to_host(buffers_[i].data(), device_buffers_[i].get(), size_ * sizeof(float));
-      continue;
+    const void* elements = device_buffers_[i].elements.get();
+    switch (storage_[i]) {
+      case StateStorage::float32:
+        device::memory_ops().copy_to_host(buffers_[i].data(), elements, size_ * sizeof(float));
+        break;
+      case StateStorage::bfloat16:
+        bits.resize(size_);
+        device::memory_ops().copy_to_host(bits.data(), elements, size_ * sizeof(uint16_t));
+        std::transform(bits.begin(), bits.end(), buffers_[i].begin(), bf16_bits_to_float);
+        break;
+      case StateStorage::int8_blockwise: int8_to_host(i); break;
     }
-    bits.resize(size_);
-    device::memory_ops().copy_to_host(bits.data(), device_buffers_[i].get(), size_ * sizeof(uint16_t));
-    std::transform(bits.begin(), bits.end(), buffers_[i].begin(), bf16_bits_to_float);
   }
 }
 
@@ -143,31 +176,164 @@ void ElementwiseOptimizer::copy_state_to_device() {
   if (buffers_.empty()) return;
   std::vector<uint16_t> bits;
   for (size_t i = 0; i < buffers_.size(); ++i) {
-    if (!device_bf16_[i]) {
-      device::memory_ops().copy_to_device(device_buffers_[i].get(), buffers_[i].data(), size_ * sizeof(float));
-      continue;
+    void* elements = device_buffers_[i].elements.get();
+    switch (storage_[i]) {
+      case StateStorage::float32:
+        device::memory_ops().copy_to_device(elements, buffers_[i].data(), size_ * sizeof(float));
+        break;
+      case StateStorage::bfloat16:
+        bits.resize(size_);
+        std::transform(buffers_[i].begin(), buffers_[i].end(), bits.begin(), bf16_bits_nearest_even);
+        device::memory_ops().copy_to_device(elements, bits.data(), size_ * sizeof(uint16_t));
+        break;
+      case StateStorage::int8_blockwise: int8_to_device(i); break;
     }
-    bits.resize(size_);
-    std::transform(buffers_[i].begin(), buffers_[i].end(), bits.begin(), bf16_bits_nearest_even);
-    device::memory_ops().copy_to_device(device_buffers_[i].get(), bits.data(), size_ * sizeof(uint16_t));
   }
 }
 
 float* ElementwiseOptimizer::buffer(std::string_view name) {
   const size_t index = index_of(name);
   if (placement_ == Placement::host) return buffers_[index].data();
-  if (device_bf16_[index]) {
-    throw std::logic_error(fmt::format("{}: state buffer '{}' is stored in bf16 on the device", name_, name));
+  if (storage_[index] != StateStorage::float32) {
+    throw std::logic_error(fmt::format("{}: state buffer '{}' is stored in {} on the device", name_, name,
+                                       storage_name(storage_[index])));
   }
-  return device_buffers_[index].as<float>();
+  return device_buffers_[index].elements.as<float>();
 }
 
 uint16_t* ElementwiseOptimizer::device_bf16_buffer(std::string_view name) {
   const size_t index = index_of(name);
-  if (placement_ != Placement::device || !device_bf16_[index]) {
+  if (placement_ != Placement::device || storage_[index] != StateStorage::bfloat16) {
     throw std::logic_error(fmt::format("{}: state buffer '{}' is not stored in bf16 on the device", name_, name));
   }
-  return device_buffers_[index].as<uint16_t>();
+  return device_buffers_[index].elements.as<uint16_t>();
+}
+
+void ElementwiseOptimizer::set_int8_device_buffer(device::StateBuffers& state, int b, std::string_view name) {
+  const size_t index = index_of(name);
+  if (placement_ != Placement::device || storage_[index] != StateStorage::int8_blockwise) {
+    throw std::logic_error(fmt::format("{}: state buffer '{}' is not stored in int8 on the device", name_, name));
+  }
+  state.int8[b] = device_buffers_[index].elements.as<uint8_t>();
+  state.int8_scales[b] = device_buffers_[index].scales.as<float>();
+  state.data[b] = device_buffers_[index].floats.as<float>();
+}
+
+device::Int8Ranges ElementwiseOptimizer::device_int8_ranges() const {
+  if (int8_ranges_.size() > static_cast<size_t>(device::kMaxInt8Ranges)) {
+    fail("{}: {} separate runs of int8 state; the CUDA update handles at most {}", name_, int8_ranges_.size(),
+         device::kMaxInt8Ranges);
+  }
+  device::Int8Ranges ranges;
+  ranges.count = static_cast<uint32_t>(int8_ranges_.size());
+  for (size_t r = 0; r < int8_ranges_.size(); ++r) {
+    ranges.begin[r] = int8_ranges_[r].first;
+    ranges.end[r] = int8_ranges_[r].second;
+  }
+  return ranges;
+}
+
+std::pair<device::StateBuffers, DeviceStep> ElementwiseOptimizer::shifted_to_segment(device::StateBuffers state,
+                                                                                     DeviceStep step, size_t s) const {
+  const size_t offset = segments_[s].offset;
+  for (int b = 0; b < device::kMaxStateBuffers; ++b) {
+    if (state.int8[b] != nullptr) {
+      state.data[b] += packed_offsets_[s];
+      state.int8[b] = nullptr;
+      state.int8_scales[b] = nullptr;
+    } else if (state.data[b] != nullptr) {
+      state.data[b] += offset;
+    }
+    if (state.bf16[b] != nullptr) state.bf16[b] += offset;
+  }
+  step.master += offset;
+  step.grads = static_cast<const uint16_t*>(step.grads) + offset;
+  step.params_bf16 = static_cast<uint16_t*>(step.params_bf16) + offset;
+  step.element_offset += offset;
+  return {state, step};
+}
+
+size_t ElementwiseOptimizer::int8_block_count() const { return (size_ + kInt8Block - 1) / kInt8Block; }
+
+namespace {
+
+// int8_dynamic_magnitude(0..127), computed once.
+const float* int8_magnitude_table() {
+  static const std::array<float, kInt8Magnitudes> table = [] {
+    std::array<float, kInt8Magnitudes> magnitudes{};
+    for (uint32_t m = 0; m < kInt8Magnitudes; ++m) magnitudes[m] = int8_dynamic_magnitude(m);
+    return magnitudes;
+  }();
+  return table.data();
+}
+
+}  // namespace
+
+std::vector<float> ElementwiseOptimizer::int8_scales(const float* values) const {
+  std::vector<float> scales(int8_block_count(), 0.0f);
+  const auto blocks = static_cast<int64_t>(scales.size());
+#pragma omp parallel for schedule(static) if (blocks >= 64)
+  for (int64_t w = 0; w < blocks; ++w) {
+    float& scale = scales[static_cast<size_t>(w)];
+    for_each_int8_element(static_cast<size_t>(w), [&](size_t i) { scale = int8_scale_max(scale, fabsf(values[i])); });
+  }
+  return scales;
+}
+
+void ElementwiseOptimizer::requantize_int8(std::string_view name, const StepInfo& info) {
+  float* values = buffers_.at(index_of(name)).data();
+  const std::vector<float> scales = int8_scales(values);
+  const uint64_t key = state_rounding_key(info.rounding_seed, static_cast<uint64_t>(info.step));
+  const float* magnitudes = int8_magnitude_table();
+  const auto blocks = static_cast<int64_t>(scales.size());
+#pragma omp parallel for schedule(static) if (blocks >= 64)
+  for (int64_t w = 0; w < blocks; ++w) {
+    const float scale = scales[static_cast<size_t>(w)];
+    for_each_int8_element(static_cast<size_t>(w), [&](size_t i) {
+      const uint32_t random = rounding_bits(key, info.element_offset + i);
+      values[i] = int8_dequantize(int8_code_stochastic(values[i], scale, random, magnitudes), scale, magnitudes);
+    });
+  }
+}
+
+void ElementwiseOptimizer::int8_to_host(size_t b) {
+  const DeviceBuffer& device_buffer = device_buffers_[b];
+  std::vector<uint8_t> codes(size_);
+  std::vector<float> scales(int8_block_count());
+  std::vector<float> packed(packed_count_);
+  device::memory_ops().copy_to_host(codes.data(), device_buffer.elements.get(), codes.size());
+  device::memory_ops().copy_to_host(scales.data(), device_buffer.scales.get(), scales.size() * sizeof(float));
+  device::memory_ops().copy_to_host(packed.data(), device_buffer.floats.get(), packed.size() * sizeof(float));
+  std::vector<float>& values = buffers_[b];
+  const float* magnitudes = int8_magnitude_table();
+  for (size_t w = 0; w < scales.size(); ++w) {
+    for_each_int8_element(w, [&](size_t i) { values[i] = int8_dequantize(codes[i], scales[w], magnitudes); });
+  }
+  for (size_t s = 0; s < segments_.size(); ++s) {
+    if (is_int8_segment(segments_[s])) continue;
+    std::copy_n(packed.begin() + static_cast<ptrdiff_t>(packed_offsets_[s]), segments_[s].count,
+                values.begin() + static_cast<ptrdiff_t>(segments_[s].offset));
+  }
+}
+
+void ElementwiseOptimizer::int8_to_device(size_t b) {
+  const std::vector<float>& values = buffers_[b];
+  const std::vector<float> scales = int8_scales(values.data());
+  std::vector<uint8_t> codes(size_, 0);
+  std::vector<float> packed(packed_count_);
+  const float* magnitudes = int8_magnitude_table();
+  for (size_t w = 0; w < scales.size(); ++w) {
+    for_each_int8_element(w, [&](size_t i) { codes[i] = int8_code_nearest(values[i], scales[w], magnitudes); });
+  }
+  for (size_t s = 0; s < segments_.size(); ++s) {
+    if (is_int8_segment(segments_[s])) continue;
+    std::copy_n(values.begin() + static_cast<ptrdiff_t>(segments_[s].offset), segments_[s].count,
+                packed.begin() + static_cast<ptrdiff_t>(packed_offsets_[s]));
+  }
+  DeviceBuffer& device_buffer = device_buffers_[b];
+  device::memory_ops().copy_to_device(device_buffer.elements.get(), codes.data(), codes.size());
+  device::memory_ops().copy_to_device(device_buffer.scales.get(), scales.data(), scales.size() * sizeof(float));
+  device::memory_ops().copy_to_device(device_buffer.floats.get(), packed.data(), packed.size() * sizeof(float));
 }
 
 void ElementwiseOptimizer::check_step(std::span<float> params, std::span<const float> grads,

@@ -6,17 +6,20 @@
 // host or through the optimizer's registered CUDA update.
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <initializer_list>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "config/json_reader.hpp"
 #include "kernels/bf16_rounding.hpp"
 #include "optim/device_backend.hpp"
+#include "optim/math/blockwise_int8.hpp"
 #include "optim/optimizer.hpp"
 
 namespace emix {
@@ -67,47 +70,71 @@ double half_life_warmup(int64_t step, double start, double end, std::optional<in
 // An optimizer whose update is elementwise: it owns named state buffers of
 // size() zero-initialized floats each, and applies weight decay per segment.
 // On device placement the buffers are device memory, with host mirrors for
-// state_buffers() allocated when first needed. Buffers named in
-// `device_bf16_buffers` are stored in bf16 on the device (2 bytes per
-// element); their mirrors are floats holding the same values exactly, so
-// checkpoints do not depend on the placement. Host placement keeps them in
-// floats: the optimizer itself keeps their values bf16 there.
+// state_buffers() allocated when first needed. Each buffer has a
+// StateStorage for the device (`storage`, default all float32); the mirrors
+// are floats holding the same values exactly, so checkpoints do not depend
+// on the placement. Host placement keeps floats, and the optimizer keeps
+// their values representable in the narrow format there: a bf16 buffer by
+// rounding each write (bf16_round_stochastic), an int8_blockwise one by
+// calling requantize_int8 after each update.
+//
+// int8_blockwise (optim/math/blockwise_int8.hpp): the elements of
+// weight-decayed segments (the int8 segments) form blocks of kInt8Block
+// elements aligned to multiples of kInt8Block of the global parameter index
+// (ranges start at ZeRO shard boundaries, which are such multiples), each
+// block the int8 elements of one aligned window, so the blocks do not depend
+// on the number of ranks. On the device they are a byte per element plus a
+// scale per window; the other segments' elements are packed in a float
+// array of their own.
 class ElementwiseOptimizer : public Optimizer {
  public:
   std::string_view name() const override { return name_; }
   Placement placement() const override { return placement_; }
   size_t size() const override { return size_; }
-  size_t state_bytes_per_parameter() const override;
+  uint64_t state_bytes() const override;
   std::vector<StateBuffer> state_buffers() override;
-  // Device → host widens the bf16 buffers exactly; host → device rounds
-  // them to nearest even, which leaves values written by a bf16 run (every
-  // checkpoint of one, on either placement) unchanged.
+  // Device → host widens the narrow buffers exactly; host → device rounds
+  // them to the nearest representable value, which leaves values written by
+  // a run in the same format (every checkpoint of one, on either placement)
+  // unchanged.
   void copy_state_to_host() override;
   void copy_state_to_device() override;
 
  protected:
   ElementwiseOptimizer(std::string name, size_t size, std::vector<ParamSegment> segments,
                        std::vector<std::string> buffer_names, Placement placement,
-                       const std::vector<std::string>& device_bf16_buffers = {});
+                       std::vector<StateStorage> storage = {});
+
+  // Which segments update_elements visits.
+  enum class Segments { all, int8, not_int8 };
 
   // The named buffer where the optimizer keeps its state: host memory, or
-  // device memory on device placement (not for a buffer stored in bf16 there).
+  // device memory on device placement (float32 storage only there).
   float* buffer(std::string_view name);
   // A buffer stored in bf16 on the device: its bit patterns, device memory.
   uint16_t* device_bf16_buffer(std::string_view name);
+  // Host placement, after an update wrote new values into the int8_blockwise
+  // buffer `name`: every block's scale becomes its largest magnitude and each
+  // value the stochastic rounding of value / scale to the map, times the
+  // scale, with the state stream's bits of (info.rounding_seed, info.step,
+  // info.element_offset + i), as the device stores them.
+  void requantize_int8(std::string_view name, const StepInfo& info);
+  bool is_int8_segment(const ParamSegment& segment) const { return has_int8_ && segment.weight_decay; }
   // Throw std::logic_error when a step's arguments do not fit the optimizer
   // or its placement.
   void check_step(std::span<float> params, std::span<const float> grads, const StepInfo& info) const;
   void check_device_step(const DeviceStep& step, const StepInfo& info) const;
   void check_device_conversion(const DeviceStep& step) const;
 
-  // Calls update(i, c) for every element i, where c is `coefficients` with
-  // its lr_weight_decay set to `lr_weight_decay` on weight-decay segments and
-  // to 0 elsewhere. Elements are independent, so the result does not depend
-  // on how OpenMP splits the loop.
+  // Calls update(i, c) for every element i of the chosen segments, where c
+  // is `coefficients` with its lr_weight_decay set to `lr_weight_decay` on
+  // weight-decay segments and to 0 elsewhere. Elements are independent, so
+  // the result does not depend on how OpenMP splits the loop.
   template <typename Coefficients, typename Update>
-  void update_elements(Coefficients coefficients, double lr_weight_decay, const Update& update) const {
+  void update_elements(Coefficients coefficients, double lr_weight_decay, const Update& update,
+                       Segments which = Segments::all) const {
     for (const ParamSegment& segment : segments_) {
+      if (!visits(which, segment)) continue;
       coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
       const auto begin = static_cast<int64_t>(segment.offset);
       const auto end = begin + static_cast<int64_t>(segment.count);
@@ -117,8 +144,10 @@ class ElementwiseOptimizer : public Optimizer {
   }
 
   // The device counterpart: one launch of the fused update registered under
-  // name() per segment, with the same per-segment coefficients. Sets the
-  // rounding key of the bf16 state (device_backend.hpp) from
+  // name() per segment, with the same per-segment coefficients, and with an
+  // int8_blockwise buffer: the int8 segments skipped (update_int8_device
+  // does them), the others pointed at their packed floats. Sets the
+  // rounding key of the narrow state (device_backend.hpp) from
   // step.rounding_seed.
   template <typename Coefficients>
   void update_elements_device(const DeviceStep& step, const StepInfo& info, Coefficients coefficients,
@@ -126,13 +155,35 @@ class ElementwiseOptimizer : public Optimizer {
     auto* update = device::find_function<device::UpdateFunction<Coefficients>>(name_);
     if (update == nullptr) fail_no_device_update();
     const uint64_t key = rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
-    state.bf16_rounding_key = state_rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
-    for (const ParamSegment& segment : segments_) {
-      if (segment.count == 0) continue;
+    state.narrow_rounding_key = state_rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
+    for (size_t s = 0; s < segments_.size(); ++s) {
+      const ParamSegment& segment = segments_[s];
+      if (segment.count == 0 || is_int8_segment(segment)) continue;
       coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
-      update(coefficients, state, step, key, segment.offset, segment.count);
+      if (!has_int8_) {
+        update(coefficients, state, step, key, segment.offset, segment.count);
+        continue;
+      }
+      const auto [segment_state, segment_step] = shifted_to_segment(state, step, s);
+      update(coefficients, segment_state, segment_step, key, 0, segment.count);
     }
   }
+
+  // The int8 segments on the device: one launch of the registered pass
+  // "<name>.int8" over every block, with the int8_blockwise buffers' codes
+  // and scales in `state` and the decayed segments' coefficients.
+  template <typename Coefficients>
+  void update_int8_device(const DeviceStep& step, const StepInfo& info, Coefficients coefficients,
+                          double lr_weight_decay, device::StateBuffers state) const {
+    auto* update = device_pass<device::Int8UpdateFunction<Coefficients>>("int8");
+    coefficients.lr_weight_decay = static_cast<float>(lr_weight_decay);
+    state.narrow_rounding_key = state_rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step));
+    update(coefficients, state, device_int8_ranges(), step,
+           rounding_key(step.rounding_seed, static_cast<uint64_t>(info.step)), size_);
+  }
+  // The device storage of an int8_blockwise buffer, set in `state` as its
+  // index b: int8[b], int8_scales[b] and data[b] (the packed floats).
+  void set_int8_device_buffer(device::StateBuffers& state, int b, std::string_view name);
 
   // A registered device pass "<name>.<pass>" of type Function; throws
   // "<name> has no CUDA update" when it is missing.
@@ -144,12 +195,48 @@ class ElementwiseOptimizer : public Optimizer {
   }
 
  private:
+  // One buffer's device memory: the elements (floats, bf16 bits or int8
+  // codes) and, for int8_blockwise, the blocks' scales and the packed floats
+  // of the other segments.
+  struct DeviceBuffer {
+    device::Allocation elements;
+    device::Allocation scales;
+    device::Allocation floats;
+  };
+
   static float segment_lr_weight_decay(const ParamSegment& segment, double lr_weight_decay) {
     return static_cast<float>(segment.weight_decay ? lr_weight_decay : 0.0);
   }
+  bool visits(Segments which, const ParamSegment& segment) const {
+    return which == Segments::all || (which == Segments::int8) == is_int8_segment(segment);
+  }
+  // `state` and `step` moved to start at segment s: every float buffer and
+  // array advanced by its offset, an int8_blockwise buffer's data pointed at
+  // the segment's packed floats.
+  std::pair<device::StateBuffers, DeviceStep> shifted_to_segment(device::StateBuffers state, DeviceStep step,
+                                                                 size_t s) const;
+  // int8_ranges_ for a kernel's arguments; throws if there are more than
+  // device::kMaxInt8Ranges.
+  device::Int8Ranges device_int8_ranges() const;
   [[noreturn]] void fail_no_device_update() const;
   void allocate_mirrors();
   size_t index_of(std::string_view name) const;
+  size_t int8_block_count() const;
+  // Calls f(i) for every int8 element i of block w, in order.
+  template <typename F>
+  void for_each_int8_element(size_t w, const F& f) const {
+    const size_t block_begin = w * kInt8Block, block_end = std::min(size_, block_begin + kInt8Block);
+    auto range = std::upper_bound(int8_ranges_.begin(), int8_ranges_.end(), block_begin,
+                                  [](size_t i, const std::pair<size_t, size_t>& r) { return i < r.second; });
+    for (; range != int8_ranges_.end() && range->first < block_end; ++range) {
+      for (size_t i = std::max(block_begin, range->first); i < std::min(block_end, range->second); ++i) f(i);
+    }
+  }
+  // The blocks' scales: the largest magnitude of each block's int8 elements
+  // in `values` (NaN if any is NaN).
+  std::vector<float> int8_scales(const float* values) const;
+  void int8_to_host(size_t b);
+  void int8_to_device(size_t b);
 
   // Below this, waking the thread team costs more than the update itself
   // (a model has many small bias and LayerNorm segments).
@@ -159,12 +246,16 @@ class ElementwiseOptimizer : public Optimizer {
   size_t size_;
   std::vector<ParamSegment> segments_;
   std::vector<std::string> buffer_names_;
-  std::vector<bool> device_bf16_;  // per buffer: stored in bf16 on the device
+  std::vector<StateStorage> storage_;  // per buffer, on the device
   Placement placement_;
+  bool has_int8_ = false;              // some buffer is int8_blockwise
+  std::vector<std::pair<size_t, size_t>> int8_ranges_;  // [begin, end) of the int8 segments, adjacent ones merged
+  std::vector<size_t> packed_offsets_; // per segment not int8: its first element among the packed floats
+  size_t packed_count_ = 0;
   // Host placement: the state. Device placement: the mirrors, empty until
   // state_buffers() or copy_state_to_host() first needs them.
   std::vector<std::vector<float>> buffers_;
-  std::vector<device::Allocation> device_buffers_;  // device placement only
+  std::vector<DeviceBuffer> device_buffers_;  // device placement only
 };
 
 // The registry entry of an optimizer class constructed from (hyperparameters,

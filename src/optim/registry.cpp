@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/text.hpp"
+#include "optim/math/blockwise_int8.hpp"
 
 #include <fmt/ranges.h>
 
@@ -52,6 +53,27 @@ const OptimizerSpec& find_optimizer(std::string_view name) {
 
 CommonHyperparameters common_hyperparameters(const Json& normalized) {
   return CommonHyperparameters{normalized.at("lr").get<double>(), normalized.at("weight_decay").get<double>()};
+}
+
+uint64_t device_state_bytes(StateStorage storage, uint64_t count, uint64_t float_elements) {
+  switch (storage) {
+    case StateStorage::float32: return 4 * count;
+    case StateStorage::bfloat16: return 2 * count;
+    case StateStorage::int8_blockwise: {
+      const uint64_t blocks = (count + kInt8Block - 1) / kInt8Block;
+      return count + 4 * blocks + 4 * float_elements;
+    }
+  }
+  return 0;
+}
+
+std::string_view storage_name(StateStorage storage) {
+  switch (storage) {
+    case StateStorage::float32: return "fp32";
+    case StateStorage::bfloat16: return "bf16";
+    case StateStorage::int8_blockwise: return "int8";
+  }
+  return "?";
 }
 
 void check_segments(std::span<const ParamSegment> segments, size_t size) {

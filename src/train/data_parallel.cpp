@@ -64,8 +64,9 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
     if (sharded) rows.push_back({"gradient staging (padded buffer + shard)", 4 * (plan.padded_total() + plan.chunk)});
   }
   for (const auto& buffer : buffers) {
-    const uint64_t element_bytes = placement == Placement::device && buffer.bf16_on_device ? 2 : 4;
-    rows.push_back({fmt::format("optimizer {}{}", buffer.name, element_bytes == 2 ? " (bf16)" : ""), element_bytes * owned});
+    const StateStorage storage = placement == Placement::device ? buffer.device_storage : StateStorage::float32;
+    rows.push_back({fmt::format("optimizer {} ({})", buffer.name, storage_name(storage)),
+                    device_state_bytes(storage, owned)});
   }
   return rows;
 }

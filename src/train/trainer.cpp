@@ -25,6 +25,28 @@ namespace fs = std::filesystem;
 namespace {
 using Clock = std::chrono::steady_clock;
 
+// "state: m1 (fp32), m2 (int8), nu (fp32); 9.02 bytes/parameter". The CPU
+// keeps every buffer in floats: a narrow storage (m2_dtype) is named there
+// with what it would take on a GPU, and so are the bytes.
+std::string describe_state(const Optimizer& optimizer, const std::vector<StateBuffer>& layout) {
+  if (layout.empty()) return "no state";
+  const bool on_device = optimizer.placement() == Placement::device;
+  std::string names;
+  uint64_t device_bytes = 0;
+  for (const StateBuffer& buffer : layout) {
+    const std::string_view storage = storage_name(buffer.device_storage);
+    const bool narrow = buffer.device_storage != StateStorage::float32;
+    names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", buffer.name,
+                         on_device || !narrow ? std::string(storage) : fmt::format("fp32; {} on a GPU", storage));
+    device_bytes += device_state_bytes(buffer.device_storage, optimizer.size());
+  }
+  std::string line = fmt::format("state: {}; {:.2f} bytes/parameter", names, optimizer.state_bytes_per_parameter());
+  if (!on_device && device_bytes != optimizer.state_bytes() && optimizer.size() > 0) {
+    line += fmt::format(", {:.2f} on a GPU", static_cast<double>(device_bytes) / static_cast<double>(optimizer.size()));
+  }
+  return line;
+}
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -91,14 +113,12 @@ Trainer::Trainer(Config config, const Checkpoint* resume, Communicator* comm)
     metrics_ = std::make_unique<MetricsLog>(config_.run_dir() / "metrics.jsonl", step_);
   }
 
-  std::string state_names;
-  for (const auto& buffer : data_parallel_->state_layout()) state_names += (state_names.empty() ? "" : ", ") + buffer.name;
-  const size_t state_bytes = optimizer.state_bytes_per_parameter() * optimizer.size();
+  const uint64_t state_bytes = optimizer.state_bytes();
   spdlog::info("model: GPT-2, {} layers, {} channels, {} heads, vocab {} (padded {}), {} parameters",
                config_.model.n_layer, config_.model.n_embd, config_.model.n_head, config_.model.vocab_size,
                config_.model.padded_vocab_size, format_count(static_cast<double>(layout.num_parameters())));
-  spdlog::info("optimizer: {} (state: {}; {} bytes/parameter)", config_.optimizer.at("name").get<std::string>(),
-               state_names.empty() ? "none" : state_names, optimizer.state_bytes_per_parameter());
+  spdlog::info("optimizer: {} ({})", config_.optimizer.at("name").get<std::string>(),
+               describe_state(optimizer, data_parallel_->state_layout()));
   for (const std::string& line : backend_->describe(t.batch_size, t.seq_len, state_bytes)) spdlog::info("{}", line);
   for (const std::string& line : data_parallel_->describe()) spdlog::info("{}", line);
   spdlog::info("data: {} train tokens in {} shard(s){}; batch {} × {} tokens × {} accumulation{} = {} tokens/step; {} steps",
@@ -166,7 +186,9 @@ StepRecord Trainer::train_step() {
   // the optimizer state, where it would never wash out: skip the update.
   record.skipped = !std::isfinite(record.loss) || !std::isfinite(record.grad_norm) || is_outlier(record);
   if (!record.skipped) {
+    const auto update_start = Clock::now();
     data_parallel_->step(StepInfo{record.step, record.lr, config_.training.seed, 0}, clip_scale(record.grad_norm, t.grad_clip));
+    record.optimizer_seconds = backend_->placement() == Placement::host ? seconds_since(update_start) : NAN;
     remember_applied(record);
   }
 
@@ -346,6 +368,7 @@ bool Trainer::run(std::optional<int64_t> stop_at_step) {
     if (metrics_) {
       metrics_->write({{"step", record.step}, {"loss", record.loss}, {"lr", record.lr}, {"grad_norm", record.grad_norm},
                        {"skipped", record.skipped}, {"tokens", tokens_seen_},
+                       {"optimizer_ms", 1000.0 * record.optimizer_seconds},
                        {"tokens_per_second", static_cast<double>(t.total_batch_tokens) / seconds},
                        {"elapsed_s", train_seconds_}});
     }

@@ -28,6 +28,10 @@ struct StepRecord {
   float lr = 0.0f;
   double grad_norm = 0.0;  // before clipping
   bool skipped = false;    // non-finite or outlier loss/gradients: no update was applied
+  // Wall time of the update (optimizer step, and the parameters' all-gather
+  // when sharded) on host placement; NaN on the device, where the step is
+  // queued asynchronously (emix bench times it there).
+  double optimizer_seconds = 0.0;
 };
 
 // With several ranks (a Communicator of world size N), every rank constructs

@@ -15,10 +15,10 @@
 // The bf16 weights are checked bit-exactly: each must be the stochastic
 // rounding of the device's own master value with the bits of
 // (seed, step, element_offset + i), computed here by the same header.
-// AdEMAMix's m2 stored in bf16 (m2_dtype "bfloat16") is checked bit-exactly
-// against the CPU's: both compute its average with one explicit FMA and
-// round it with the same bits (the CPU is given the same seed and
-// element_offset through StepInfo).
+// AdEMAMix's m2 stored in bf16 or int8 blocks (m2_dtype "bfloat16", "int8")
+// is checked bit-exactly against the CPU's: both compute its average with
+// one explicit FMA and round it with the same bits (the CPU is given the
+// same seed and element_offset through StepInfo).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -270,17 +270,20 @@ TEST(CudaOptimizers, EveryOptimizerMatchesTheCpu) {
 // A ZeRO-style split: two optimizers over [0, 1500) and [1500, kSize) with
 // element_offset set to their starts give the whole-range optimizer's bits
 // (AdEMAMix with bf16 m2: its m2 too).
-void expect_shards_reproduce_the_whole_range(const std::string& name, const Json& hp) {
-  SCOPED_TRACE(name);
+// `split` is where the second shard starts; int8 blocks are counted from a
+// range's start, so for int8 state it must be a multiple of kInt8Block (as
+// ZeRO's shard boundaries are).
+void expect_shards_reproduce_the_whole_range(const std::string& name, const Json& hp, size_t split = 1500) {
+  SCOPED_TRACE(name + " " + hp.dump());
   const Snapshot whole = run_device(name, hp);
 
   Stream stream;
   const std::vector<std::vector<ParamSegment>> shard_segments = {
-      {{0, 1001, true}, {1001, 37, false}, {1038, 462, true}}, {{0, kSize - 1500, true}}};
-  const size_t starts[] = {0, 1500};
+      {{0, 1001, true}, {1001, 37, false}, {1038, split - 1038, true}}, {{0, kSize - split, true}}};
+  const size_t starts[] = {0, split};
   std::vector<std::unique_ptr<Optimizer>> shards;
   for (int s = 0; s < 2; ++s) {
-    const size_t size = s == 0 ? 1500 : kSize - 1500;
+    const size_t size = s == 0 ? split : kSize - split;
     shards.push_back(find_optimizer(name).create(hp, size, shard_segments[s], Placement::device));
   }
   DeviceArrays arrays(0, initial_params());
@@ -312,22 +315,28 @@ TEST(CudaOptimizers, ShardsReproduceTheWholeRange) {
   expect_shards_reproduce_the_whole_range("adamw", hyperparameters_with_warmups("adamw"));
   expect_shards_reproduce_the_whole_range("ademamix",
                                           hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}}));
+  expect_shards_reproduce_the_whole_range("ademamix", hyperparameters_with_warmups("ademamix", {{"m2_dtype", "int8"}}),
+                                          6 * 256);
 }
 
-// AdEMAMix's m2 in bf16 on the device: 2 bytes per parameter there, m2
-// bit-identical to the CPU's (which keeps it bf16-valued in floats), every
-// value a bf16, and the master weights within kTolerance (checked with every
-// case above).
-TEST(CudaOptimizers, AdemamixBf16M2IsBitIdenticalToTheCpu) {
+// AdEMAMix's m2 in bf16 (2 bytes per parameter) or int8 blocks (a byte,
+// a float per 256, and floats for the segment without weight decay) on the
+// device, m2 bit-identical to the CPU's (which keeps the same values in
+// floats), every bf16 value a bf16, and the master weights within
+// kTolerance (checked with every case above).
+TEST(CudaOptimizers, AdemamixNarrowM2IsBitIdenticalToTheCpu) {
   EMIX_REQUIRE_GPU();
   for (const Json& overrides : {Json{{"m2_dtype", "bfloat16"}},
-                                Json{{"m2_dtype", "bfloat16"}, {"beta1", 0.0}, {"zero_grad_m2_beta", 0.9}}}) {
+                                Json{{"m2_dtype", "bfloat16"}, {"beta1", 0.0}, {"zero_grad_m2_beta", 0.9}},
+                                Json{{"m2_dtype", "int8"}},
+                                Json{{"m2_dtype", "int8"}, {"beta1", 0.0}, {"zero_grad_m2_beta", 0.9}}}) {
     SCOPED_TRACE(overrides.dump());
     const Json hp = hyperparameters_with_warmups("ademamix", overrides);
     const bool has_m1 = hp.at("beta1").get<double>() != 0.0;
-    EXPECT_EQ(find_optimizer("ademamix").create(hp, kSize, awkward_segments(), Placement::device)
-                  ->state_bytes_per_parameter(),
-              has_m1 ? 10u : 6u);
+    const bool int8 = hp.at("m2_dtype") == "int8";
+    const uint64_t m2_bytes = int8 ? kSize + 4 * ((kSize + 255) / 256) + 4 * 37 : 2 * kSize;
+    EXPECT_EQ(find_optimizer("ademamix").create(hp, kSize, awkward_segments(), Placement::device)->state_bytes(),
+              (has_m1 ? 8 : 4) * kSize + m2_bytes);
     const Snapshot cpu = run_cpu("ademamix", hp);
     const Snapshot device = run_device("ademamix", hp);
     expect_close(device, cpu, "ademamix bf16 m2");
@@ -340,7 +349,7 @@ TEST(CudaOptimizers, AdemamixBf16M2IsBitIdenticalToTheCpu) {
       not_bf16 += (bits & 0xFFFFu) != 0;
       mismatches += std::memcmp(&device.state[m2][i], &cpu.state[m2][i], sizeof(float)) != 0;
     }
-    EXPECT_EQ(not_bf16, 0u) << "m2 values that are not bf16";
+    if (!int8) EXPECT_EQ(not_bf16, 0u) << "m2 values that are not bf16";
     EXPECT_EQ(mismatches, 0u) << "m2 values that differ from the CPU's";
   }
 }
@@ -348,13 +357,14 @@ TEST(CudaOptimizers, AdemamixBf16M2IsBitIdenticalToTheCpu) {
 // Checkpoints move between placements: the CPU's state after 4 steps,
 // loaded into a device optimizer through its mirrors, continues like the
 // CPU for a 5th step (and the device's state, read back, resumes a CPU one).
-// AdEMAMix with bf16 m2 included: the CPU's bf16-valued m2 goes to the
-// device unchanged, and comes back bit-identical after the 5th step.
+// AdEMAMix with bf16 and int8 m2 included: the CPU's m2 values go to the
+// device unchanged, and come back bit-identical after the 5th step.
 TEST(CudaOptimizers, StateMovesBetweenHostAndDevice) {
   EMIX_REQUIRE_GPU();
   std::vector<std::pair<std::string, Json>> runs;
   for (const std::string& name : optimizer_names()) runs.emplace_back(name, hyperparameters_with_warmups(name));
   runs.emplace_back("ademamix", hyperparameters_with_warmups("ademamix", {{"m2_dtype", "bfloat16"}}));
+  runs.emplace_back("ademamix", hyperparameters_with_warmups("ademamix", {{"m2_dtype", "int8"}}));
   for (const auto& [name, hp] : runs) {
     SCOPED_TRACE(name + " " + hp.dump());
     const OptimizerSpec& spec = find_optimizer(name);
@@ -383,7 +393,7 @@ TEST(CudaOptimizers, StateMovesBetweenHostAndDevice) {
     const Snapshot device_state = snapshot_state(*device, arrays.master_values());
     const Snapshot cpu_state = snapshot_state(*cpu, params);
     expect_close(device_state, cpu_state, name + " resumed");
-    if (hp.value("m2_dtype", "float32") == "bfloat16") {
+    if (hp.value("m2_dtype", "float32") != "float32") {
       EXPECT_EQ(device_state.state.at(1), cpu_state.state.at(1)) << "m2 after resuming";
     }
     EXPECT_EQ(device->scalar_state(), cpu->scalar_state());

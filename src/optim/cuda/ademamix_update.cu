@@ -7,18 +7,22 @@
 // a literal nullptr. m2 stored in bf16 (m2_dtype "bfloat16": state.bf16[1]
 // set, data[1] null) is another: ademamix_update<true> computes m2's average
 // as the host does for bf16, and fused_update.cuh rounds it stochastically
-// when storing it.
+// when storing it. m2 in int8 blocks (m2_dtype "int8") takes the
+// blockwise kernel of blockwise_int8_update.cuh for the weight-decayed
+// segments ("ademamix.int8", ademamix_update<true> too) and this fused
+// update, on the packed fp32 m2, for the others.
+#include "optim/cuda/blockwise_int8_update.cuh"
 #include "optim/cuda/fused_update.cuh"
 #include "optim/math/ademamix_math.hpp"
 
 namespace emix::cuda {
 namespace {
 
-template <bool kHasM1, bool kM2Bf16>
+template <bool kHasM1, bool kM2Narrow>
 struct AdemamixElement {
   static constexpr int kStateBuffers = 3;
   __device__ void operator()(float& param, float grad, float* const* state, const AdemamixCoefficients& c) const {
-    ademamix_update<kM2Bf16>(param, grad, kHasM1 ? state[0] : nullptr, *state[1], *state[2], c);
+    ademamix_update<kM2Narrow>(param, grad, kHasM1 ? state[0] : nullptr, *state[1], *state[2], c);
   }
 };
 
@@ -41,7 +45,18 @@ void ademamix_device_update(const AdemamixCoefficients& c, const device::StateBu
   }
 }
 
+void ademamix_int8_update(const AdemamixCoefficients& c, const device::StateBuffers& state,
+                          const device::Int8Ranges& ranges, const DeviceStep& step, uint64_t rounding_key,
+                          size_t count) {
+  if (state.data[0] != nullptr) {
+    launch_blockwise_int8_update(AdemamixElement<true, true>{}, c, state, ranges, step, rounding_key, count);
+  } else {
+    launch_blockwise_int8_update(AdemamixElement<false, true>{}, c, state, ranges, step, rounding_key, count);
+  }
+}
+
 EMIX_REGISTER_DEVICE_FUNCTION("ademamix", &ademamix_device_update);
+EMIX_REGISTER_DEVICE_FUNCTION("ademamix.int8", &ademamix_int8_update);
 
 }  // namespace
 }  // namespace emix::cuda

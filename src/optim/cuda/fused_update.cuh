@@ -41,6 +41,17 @@ struct FusedUpdateArrays {
   uint64_t element_offset;  // global index of element 0 of the range
 };
 
+inline FusedUpdateArrays fused_update_arrays(const device::StateBuffers& state, const DeviceStep& step,
+                                             uint64_t rounding_key) {
+  return FusedUpdateArrays{step.master,
+                           static_cast<const uint16_t*>(step.grads),
+                           static_cast<uint16_t*>(step.params_bf16),
+                           state,
+                           step.grad_scale,
+                           rounding_key,
+                           static_cast<uint64_t>(step.element_offset)};
+}
+
 template <int kWidth>
 __device__ __forceinline__ void load_floats(const float* address, float (&values)[kWidth]) {
   if constexpr (kWidth == 4) {
@@ -137,7 +148,7 @@ __device__ __forceinline__ void fused_update_elements(const Element& element, co
 #pragma unroll
       for (int j = 0; j < kWidth; ++j) {
         state_bits[j] = bf16_bits_stochastic(state[b][j],
-                                             rounding_bits(a.state.bf16_rounding_key, a.element_offset + i + j));
+                                             rounding_bits(a.state.narrow_rounding_key, a.element_offset + i + j));
       }
       store_bf16<kWidth>(a.state.bf16[b] + i, state_bits);
     }
@@ -173,13 +184,7 @@ void launch_fused_update(const Element& element, const Coefficients& c, const de
   // Enough blocks to fill an H100 several times over; the loop strides past that.
   constexpr size_t kMaxBlocks = 4096;
 
-  const FusedUpdateArrays arrays{step.master,
-                                 static_cast<const uint16_t*>(step.grads),
-                                 static_cast<uint16_t*>(step.params_bf16),
-                                 state,
-                                 step.grad_scale,
-                                 rounding_key,
-                                 static_cast<uint64_t>(step.element_offset)};
+  const FusedUpdateArrays arrays = fused_update_arrays(state, step, rounding_key);
   const size_t end = offset + count;
   const size_t misalignment = reinterpret_cast<uintptr_t>(step.master + offset) / sizeof(float) % kWidth;
   const size_t head_end = std::min(end, offset + (kWidth - misalignment) % kWidth);

@@ -10,10 +10,11 @@
 // β3(t). Without it, a row that stops receiving gradients sees ν decay faster
 // than m2² (β3 > √β2), so its update m2/√ν grows without bound while the
 // gradient stays zero: see docs/reliability.md.
-// m2 stored in bf16 (m2_dtype "bfloat16", kM2Bf16): m2's average is computed
-// as below, and the caller rounds the new m2 stochastically to bf16 when it
-// stores it (the host in ademamix.cpp, the device in fused_update.cuh); this
-// step's parameter update uses the new m2 before that rounding.
+// m2 stored narrower than a float (m2_dtype "bfloat16" or "int8",
+// kM2Narrow): m2's average is computed as below, and the caller rounds the
+// new m2 stochastically to the format when it stores it (the host in
+// ademamix.cpp, the device in fused_update.cuh or blockwise_int8_update.cuh);
+// this step's parameter update uses the new m2 before that rounding.
 // C++17 and host/device: the CUDA fused kernels include it unchanged.
 #include <math.h>
 
@@ -37,21 +38,21 @@ struct AdemamixCoefficients {
   float lr_weight_decay = 0.0f;  // lr·wd, or 0 where weight decay is off
 };
 
-// m2's average when m2 is stored in bf16: β·m2 + w·g with the one FMA
-// spelled out. Compilers contract ema()'s two products into an FMA as they
-// see fit (nvcc one way, g++ with FMA another, or not at all): a 1-ulp
-// difference the bf16 rounding after it would now and then turn into a
-// whole bf16 step. Spelled out, the host and the device round the same
-// float with the same bits, and store the same bf16.
-EMIX_HD float ademamix_m2_average_for_bf16(float m2, float grad, Ema e) { return fmaf(e.beta, m2, e.weight * grad); }
+// m2's average when m2 is stored narrower than a float: β·m2 + w·g with the
+// one FMA spelled out. Compilers contract ema()'s two products into an FMA
+// as they see fit (nvcc one way, g++ with FMA another, or not at all): a
+// 1-ulp difference the rounding after it would now and then turn into a
+// whole step of the narrow format. Spelled out, the host and the device
+// round the same float with the same bits, and store the same value.
+EMIX_HD float ademamix_m2_average_for_narrow(float m2, float grad, Ema e) { return fmaf(e.beta, m2, e.weight * grad); }
 
 // m1 is null when β1 = 0, which saves a third of the optimizer's memory.
-template <bool kM2Bf16 = false>
+template <bool kM2Narrow = false>
 EMIX_HD void ademamix_update(float& param, float grad, float* m1, float& m2, float& nu, const AdemamixCoefficients& c) {
   float fast = grad;
   if (m1 != nullptr) fast = *m1 = ema(*m1, grad, c.m1);
-  if constexpr (kM2Bf16) {
-    m2 = ademamix_m2_average_for_bf16(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
+  if constexpr (kM2Narrow) {
+    m2 = ademamix_m2_average_for_narrow(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
   } else {
     m2 = ema(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
   }

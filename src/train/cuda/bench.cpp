@@ -83,7 +83,8 @@ OptimizerTiming time_optimizer(const Json& section, cuda::Gpt2Cuda& model, int r
   const double P = static_cast<double>(model.num_parameters());
   size_t free_bytes = 0, total_bytes = 0;
   EMIX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-  return {median(times), P * (4.0 + 4.0 + 2.0 + 2.0 + 2.0 * static_cast<double>(optimizer->state_bytes_per_parameter())), total_bytes - free_bytes};
+  return {median(times), P * (4.0 + 4.0 + 2.0 + 2.0) + 2.0 * static_cast<double>(optimizer->state_bytes()),
+          total_bytes - free_bytes};
 }
 
 // Device-to-device copy bandwidth in bytes/ms (bytes read plus bytes
