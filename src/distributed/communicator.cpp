@@ -3,11 +3,10 @@
 #include "distributed/communicator.hpp"
 
 #include <algorithm>
-#include <charconv>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
+#include "core/env.hpp"
 #include "core/error.hpp"
 
 namespace emix {
@@ -52,24 +51,6 @@ void Communicator::check_all(bool ok, const std::string& what) {
   if (!ok) fail("rank {} of {}: {}", rank(), n, what);
   fail("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
 }
-
-namespace {
-
-// Non-negative integer value of environment variable `name`; -1 when unset,
-// an error when set but not a number.
-int env_int(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0') return -1;
-  int result = 0;
-  const char* end = value + std::strlen(value);
-  auto [ptr, ec] = std::from_chars(value, end, result);
-  if (ec != std::errc() || ptr != end || result < 0) {
-    fail("environment variable {}={} is not a non-negative integer", name, value);
-  }
-  return result;
-}
-
-}  // namespace
 
 LaunchEnvironment read_launch_environment() {
   LaunchEnvironment env;
