@@ -3,6 +3,7 @@
 // errors for bad shards and out-of-vocabulary ids.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <set>
 
 #include "core/error.hpp"
@@ -131,6 +132,34 @@ TEST_F(LoaderTest, BadShardsAreRejectedAtStart) {
   }
   EXPECT_THROW(TokenDataset((dir_ / "val_*.bin").string(), kSeqLen, kVocab), Error);
   EXPECT_THROW(TokenDataset((dir_ / "train_1.bin").string(), 64, kVocab), Error);  // too short for one window
+}
+
+// Each header field checked where the shard is opened, the message naming
+// the file, the offset and what was expected: the magic (offset 0), the
+// version (offset 4) and a negative token count (offset 8), each int32.
+TEST_F(LoaderTest, ShardHeaderFieldsAreCheckedOneByOne) {
+  const std::string good = read_text_file(dir_ / "train_1.bin");
+  auto with_field = [&](size_t offset, int32_t value) {
+    std::string bytes = good;
+    std::memcpy(bytes.data() + offset, &value, sizeof value);
+    return bytes;
+  };
+  const std::pair<std::string, std::string> cases[] = {
+      {with_field(0, 12345), "magic number 12345 at offset 0"},
+      {with_field(4, 7), "unsupported shard version 7 at offset 4"},
+      {with_field(8, -5), "negative token count -5 at offset 8"},
+  };
+  for (const auto& [bytes, expected] : cases) {
+    write_text_file_atomic(dir_ / "train_3.bin", bytes);
+    try {
+      TokenDataset dataset(pattern(), kSeqLen, kVocab);
+      ADD_FAILURE() << "expected an error: " << expected;
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("train_3.bin"), std::string::npos) << message;
+      EXPECT_NE(message.find(expected), std::string::npos) << message;
+    }
+  }
 }
 
 }  // namespace

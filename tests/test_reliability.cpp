@@ -3,6 +3,8 @@
 // a failed save keeps the previous checkpoint, milestones survive pruning.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <csignal>
@@ -11,11 +13,35 @@
 #include "core/error.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
+#include "train/signals.hpp"
 #include "train/trainer.hpp"
 
 namespace emix {
 namespace {
 namespace fs = std::filesystem;
+
+// The first stop signal only asks for a graceful stop (the process lives
+// on); a second one, of the same or another of the three kinds, kills it
+// the default way, for when the graceful save hangs. Real signals, raised in
+// a forked child.
+TEST(Reliability, ASecondStopSignalKillsAtOnce) {
+  const std::pair<int, int> pairs[] = {{SIGTERM, SIGTERM}, {SIGUSR1, SIGINT}, {SIGINT, SIGTERM}};
+  for (const auto& [first, second] : pairs) {
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      install_stop_signal_handlers();
+      ::raise(first);
+      if (stop_signal() != first) ::_exit(3);  // the first must be caught and recorded
+      ::raise(second);
+      ::_exit(4);  // the second must not return
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "signals " << first << ", " << second << ": exit status " << WEXITSTATUS(status);
+    EXPECT_EQ(WTERMSIG(status), second);
+  }
+}
 
 TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) {
   test::TempDir dir;

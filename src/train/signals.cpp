@@ -9,16 +9,18 @@ namespace {
 std::atomic<int> pending_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free);
 
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGUSR1};
+
 extern "C" void on_stop_signal(int signal) {
   pending_signal.store(signal);
-  std::signal(signal, SIG_DFL);  // the next one terminates
+  // The next stop signal, of any of the three kinds (a Ctrl-C after the
+  // scheduler's SIGTERM), terminates. signal() is async-signal-safe.
+  for (int stop : kStopSignals) std::signal(stop, SIG_DFL);
 }
 }  // namespace
 
 void install_stop_signal_handlers() {
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
-  std::signal(SIGUSR1, on_stop_signal);
+  for (int stop : kStopSignals) std::signal(stop, on_stop_signal);
 }
 
 bool stop_requested() { return pending_signal.load() != 0; }

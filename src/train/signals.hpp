@@ -1,8 +1,8 @@
 #pragma once
 // SIGINT, SIGTERM and SIGUSR1 (the usual preemption warning of schedulers)
 // request a graceful stop: the trainer finishes its step,
-// writes a checkpoint and exits 0. A second signal kills the process the
-// usual way, for when the save itself hangs.
+// writes a checkpoint and exits 0. A second signal (any of the three) kills
+// the process the usual way, for when the save itself hangs.
 namespace emix {
 
 void install_stop_signal_handlers();
