@@ -13,12 +13,14 @@
 #
 # The parts' books were assigned at random, so any part is a fair held-out
 # set; ~120M tokens in all, ~30M per part. Archives are checked against
-# SHA256SUMS before unpacking. SHARED_DIR (default <repo>/../shared) and
-# EMIX (default <repo>/build/emix) can be overridden.
+# SHA256SUMS before unpacking. SHARED_DIR (default <repo>/../shared), EMIX
+# (default <repo>/build/emix) and TOKENIZER_DIR (default
+# <repo>/data/gpt2_tokenizer) can be overridden.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 gutenberg=${SHARED_DIR:-$repo/../shared}/data/gutenberg
 emix=${EMIX:-$repo/build/emix}
+tokenizer_dir=${TOKENIZER_DIR:-$repo/data/gpt2_tokenizer}
 out=$repo/data/gutenberg
 
 train_parts=()
@@ -57,7 +59,7 @@ tokenize() {  # name inputs...
   local name=$1
   shift
   "$emix" tokenize --input "$@" --output-dir "$work/out" --name "$name" --gutenberg \
-    --tokenizer-dir "$repo/data/gpt2_tokenizer"
+    --tokenizer-dir "$tokenizer_dir"
 }
 
 inputs=()
