@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "config/config.hpp"
+#include "config/json_reader.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
 #include "test_support.hpp"
@@ -28,6 +29,26 @@ std::string error_of(F body) {
     return e.what();
   }
   return "";
+}
+
+// Integer fields of metadata files (checkpoint manifests and run state):
+// floats, negative values for unsigned types and values that do not fit are
+// errors naming the file and the key, never a cast.
+TEST(JsonInteger, AcceptsOnlyIntegersThatFit) {
+  const Json object = Json::parse(R"({"a": 7, "b": -3, "c": 3.86e12, "d": 4294967296, "e": "12", "f": 2.0})");
+  EXPECT_EQ(json_integer<uint32_t>(object, "a", "m.json"), 7u);
+  EXPECT_EQ(json_integer<int64_t>(object, "b", "m.json"), -3);
+  EXPECT_EQ(json_integer<uint64_t>(object, "d", "m.json"), 4294967296u);
+  for (const char* key : {"b", "c", "d", "e", "f"}) {  // negative, float, too large, string, float
+    try {
+      (void)json_integer<uint32_t>(object, key, "m.json");
+      ADD_FAILURE() << key << " accepted";
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("m.json"), std::string::npos) << message;
+      EXPECT_NE(message.find(std::string("'") + key + "'"), std::string::npos) << message;
+    }
+  }
 }
 
 TEST(Config, FillsDefaultsAndDerivedValues) {

@@ -17,6 +17,7 @@ namespace emix {
 namespace fs = std::filesystem;
 
 namespace {
+
 constexpr char kMagic[8] = {'E', 'M', 'I', 'X', 'C', 'K', 'P', 'T'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr uint64_t kPrefixBytes = 24;
@@ -189,15 +190,15 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   Json manifest = parse_json_text(read_text_file(manifest_path), manifest_path.string());
   try {
     if (manifest.at("format") != "emix-checkpoint") fail_file(manifest_path, "not an emix checkpoint manifest");
-    if (manifest.at("version").get<uint32_t>() != kFormatVersion) {
+    if (json_integer<uint32_t>(manifest, "version", manifest_path) != kFormatVersion) {
       fail_file(manifest_path, "unsupported checkpoint version {}", manifest.at("version").dump());
     }
-    ckpt.step_ = manifest.at("step").get<int64_t>();
+    ckpt.step_ = json_integer<int64_t>(manifest, "step", manifest_path);
     ckpt.state_ = manifest.at("state");
     for (const auto& entry : manifest.at("files")) {
       fs::path file_path = path / entry.at("name").get<std::string>();
       FileReader file(file_path);
-      if (file.size() != entry.at("bytes").get<uint64_t>()) {
+      if (file.size() != json_integer<uint64_t>(entry, "bytes", manifest_path)) {
         fail_file(file_path, "size is {} bytes, the manifest says {}: truncated or replaced", file.size(),
                   entry.at("bytes").get<uint64_t>());
       }
@@ -214,12 +215,17 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       if (header_size > file.size() - kPrefixBytes) fail_file(file_path, "header length {} exceeds the file", header_size);
       std::string header(header_size, '\0');
       file.read_at(kPrefixBytes, header.data(), header.size());
-      if (crc32(header.data(), header.size()) != header_crc || header_crc != entry.at("header_crc32").get<uint32_t>()) {
+      if (crc32(header.data(), header.size()) != header_crc || header_crc != json_integer<uint32_t>(entry, "header_crc32", manifest_path)) {
         fail_file(file_path, "header checksum mismatch: the file is corrupt");
       }
       Json parsed_header = parse_json_text(header, file_path.string());
       for (const auto& s : parsed_header.at("sections")) {
-        Section section{s.at("name"), s.at("count"), s.at("global_offset"), s.at("offset"), s.at("crc32"), file_path};
+        Section section{s.at("name"),
+                        json_integer<uint64_t>(s, "count", file_path),
+                        json_integer<uint64_t>(s, "global_offset", file_path),
+                        json_integer<uint64_t>(s, "offset", file_path),
+                        json_integer<uint32_t>(s, "crc32", file_path),
+                        file_path};
         if (section.offset > file.size() || section.count > (file.size() - section.offset) / sizeof(float)) {
           fail_file(file_path, "section '{}' extends past the end of the file", section.name);
         }

@@ -4,6 +4,8 @@
 // one). Config sections and optimizer hyperparameters are both read this way.
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -84,6 +86,28 @@ class JsonObjectReader {
   std::string where_;
   std::vector<std::string> known_keys_;
 };
+
+// object[key] of a file's metadata (a checkpoint manifest, its run state),
+// checked to be an integer that fits T, else an error naming `file`, the key
+// and the value. nlohmann's own get<T>() converts a float or an out-of-range
+// number with a plain cast, undefined behaviour (found by fuzzing).
+template <typename T>
+T json_integer(const Json& object, const char* key, const std::filesystem::path& file) {
+  const Json& value = object.at(key);
+  bool fits = false;
+  if (value.is_number_unsigned()) {
+    fits = value.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+  } else if (value.is_number_integer()) {
+    const int64_t v = value.get<int64_t>();
+    fits = std::is_signed_v<T> && v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+           v <= static_cast<int64_t>(std::numeric_limits<T>::max());
+  }
+  if (!fits) {
+    fail_file(file, "'{}' is {}: expected an integer in [{}, {}]", key, value.dump(), std::numeric_limits<T>::min(),
+              std::numeric_limits<T>::max());
+  }
+  return value.get<T>();
+}
 
 // Parses JSON text; syntax errors name `source` with line and column.
 Json parse_json_text(std::string_view text, std::string_view source);

@@ -467,14 +467,14 @@ void Trainer::restore(const Checkpoint& checkpoint) {
     }
     if (saved_config != current) spdlog::warn("resuming with a config that differs from the checkpoint's:{}", describe_differences(saved_config, current));
     checkpoint.read_tensor("params", backend_->weights());
-    backend_->weights_changed(state.at("step").get<int64_t>());
+    backend_->weights_changed(json_integer<int64_t>(state, "step", checkpoint.path()));
     data_parallel_->load_optimizer_state(checkpoint);
     optimizer().load_scalar_state(state.at("optimizer").at("scalar_state"));
-    step_ = state.at("step").get<int64_t>();
-    windows_consumed_ = state.at("windows_consumed").get<uint64_t>();
-    tokens_seen_ = state.at("tokens_seen").get<int64_t>();
+    step_ = json_integer<int64_t>(state, "step", checkpoint.path());
+    windows_consumed_ = json_integer<uint64_t>(state, "windows_consumed", checkpoint.path());
+    tokens_seen_ = json_integer<int64_t>(state, "tokens_seen", checkpoint.path());
     train_seconds_ = state.at("train_seconds").get<double>();
-    skipped_steps_ = state.at("skipped_steps").get<int64_t>();
+    skipped_steps_ = json_integer<int64_t>(state, "skipped_steps", checkpoint.path());
     recent_losses_ = state.at("recent_losses").get<std::deque<double>>();
     recent_grad_norms_ = state.at("recent_grad_norms").get<std::deque<double>>();
   } catch (const Json::exception& e) {
