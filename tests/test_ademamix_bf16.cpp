@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "core/error.hpp"
-#include "core/rng.hpp"
 #include "kernels/bf16_rounding.hpp"
 #include "optim/math/ademamix_math.hpp"
 #include "optim/optimizer.hpp"
+#include "test_support.hpp"
 
 namespace emix {
 namespace {
@@ -32,28 +32,15 @@ std::unique_ptr<Optimizer> make_ademamix(const Json& hyperparameters, size_t siz
   return spec.create(spec.normalize(hyperparameters), size, std::move(segments));
 }
 
-std::vector<float> random_vector(size_t size, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> values(size);
-  for (float& v : values) v = static_cast<float>(rng.next_normal());
-  return values;
-}
 
 // Random gradients with every 13th element exactly zero (the
 // zero_grad_m2_beta path).
 std::vector<float> gradients(size_t size, int64_t step) {
-  std::vector<float> grads = random_vector(size, 500 + static_cast<uint64_t>(step));
+  std::vector<float> grads = test::random_normal_vector(size, 500 + static_cast<uint64_t>(step));
   for (size_t i = 0; i < size; i += 13) grads[i] = 0.0f;
   return grads;
 }
 
-std::vector<float> state(Optimizer& optimizer, const std::string& name) {
-  for (const StateBuffer& buffer : optimizer.state_buffers()) {
-    if (buffer.name == name) return {buffer.data.begin(), buffer.data.end()};
-  }
-  ADD_FAILURE() << "no state buffer " << name;
-  return {};
-}
 
 bool is_bf16(float x) {
   uint32_t bits;
@@ -146,12 +133,12 @@ TEST(AdemamixBf16M2, StoredM2IsTheStochasticRoundingOfItsAverage) {
                           ? rate
                           : Ema{normalized.at("zero_grad_m2_beta").get<float>(), 0.0f};
     auto optimizer = make_ademamix(hp, size);
-    std::vector<float> params = random_vector(size, 1);
+    std::vector<float> params = test::random_normal_vector(size, 1);
     std::vector<float> previous_m2(size, 0.0f);
     for (int64_t t = 1; t <= 6; ++t) {
       const std::vector<float> grads = gradients(size, t);
       optimizer->step(params, grads, StepInfo{t, 1e-3f, seed, element_offset});
-      const std::vector<float> m2 = state(*optimizer, "m2");
+      const std::vector<float> m2 = test::state_buffer(*optimizer, "m2");
       const uint64_t key = state_rounding_key(seed, static_cast<uint64_t>(t));
       size_t not_bf16 = 0, mismatches = 0;
       for (size_t i = 0; i < size; ++i) {
@@ -189,8 +176,8 @@ TEST(AdemamixBf16M2, ConstantGradientMeanTracksFloat32) {
     fp32->step(fp32_params, grads, StepInfo{t, 1e-4f, 2024, 0});
     bf16->step(bf16_params, grads, StepInfo{t, 1e-4f, 2024, 0});
   }
-  const std::vector<float> reference = state(*fp32, "m2");
-  const std::vector<float> m2 = state(*bf16, "m2");
+  const std::vector<float> reference = test::state_buffer(*fp32, "m2");
+  const std::vector<float> m2 = test::state_buffer(*bf16, "m2");
   const double expected = reference[0];
   EXPECT_NEAR(expected, g * (1.0 - std::pow(0.999, steps)), 1e-4 * g);
   double sum = 0.0, sum_squares = 0.0;
@@ -218,7 +205,7 @@ TEST(AdemamixBf16M2, BitsDependOnSeedAndGlobalIndexOnly) {
   auto low = make_ademamix(hp, split, {{0, 400, true}, {400, split - 400, false}});
   auto high = make_ademamix(hp, size - split, {{0, size - split, false}});
   auto reseeded = make_ademamix(hp, size, {{0, 400, true}, {400, 600, false}});
-  std::vector<float> params = random_vector(size, 3);
+  std::vector<float> params = test::random_normal_vector(size, 3);
   std::vector<float> shard_params = params;
   std::vector<float> reseeded_params = params;
   for (int64_t t = 1; t <= 5; ++t) {
@@ -228,12 +215,12 @@ TEST(AdemamixBf16M2, BitsDependOnSeedAndGlobalIndexOnly) {
     high->step(std::span(shard_params).subspan(split), std::span(grads).subspan(split), StepInfo{t, 1e-3f, 9, split});
     reseeded->step(reseeded_params, grads, StepInfo{t, 1e-3f, 10, 0});
   }
-  std::vector<float> shard_m2 = state(*low, "m2");
-  const std::vector<float> high_m2 = state(*high, "m2");
+  std::vector<float> shard_m2 = test::state_buffer(*low, "m2");
+  const std::vector<float> high_m2 = test::state_buffer(*high, "m2");
   shard_m2.insert(shard_m2.end(), high_m2.begin(), high_m2.end());
-  EXPECT_TRUE(bitwise_equal(shard_m2, state(*whole, "m2")));
+  EXPECT_TRUE(bitwise_equal(shard_m2, test::state_buffer(*whole, "m2")));
   EXPECT_TRUE(bitwise_equal(shard_params, params));
-  EXPECT_FALSE(bitwise_equal(state(*reseeded, "m2"), state(*whole, "m2")));
+  EXPECT_FALSE(bitwise_equal(test::state_buffer(*reseeded, "m2"), test::state_buffer(*whole, "m2")));
 }
 
 }  // namespace

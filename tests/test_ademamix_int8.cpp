@@ -24,6 +24,7 @@
 #include "optim/math/ademamix_math.hpp"
 #include "optim/math/blockwise_int8.hpp"
 #include "optim/optimizer.hpp"
+#include "test_support.hpp"
 
 namespace emix {
 namespace {
@@ -39,20 +40,7 @@ std::unique_ptr<Optimizer> make_ademamix(const Json& hyperparameters, size_t siz
   return spec.create(spec.normalize(hyperparameters), size, std::move(segments));
 }
 
-std::vector<float> random_vector(size_t size, uint64_t seed, double scale = 1.0) {
-  Rng rng(seed);
-  std::vector<float> values(size);
-  for (float& v : values) v = static_cast<float>(scale * rng.next_normal());
-  return values;
-}
 
-std::vector<float> state(Optimizer& optimizer, const std::string& name) {
-  for (const StateBuffer& buffer : optimizer.state_buffers()) {
-    if (buffer.name == name) return {buffer.data.begin(), buffer.data.end()};
-  }
-  ADD_FAILURE() << "no state buffer " << name;
-  return {};
-}
 
 bool bitwise_equal(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 
@@ -131,15 +119,15 @@ TEST(AdemamixInt8M2, StoredM2IsTheBlockwiseStochasticRoundingOfItsAverage) {
                           : Ema{normalized.at("zero_grad_m2_beta").get<float>(), 0.0f};
     auto int8 = make_ademamix(hp, kSize, segments);
     auto fp32 = make_ademamix(overrides, kSize, segments);
-    std::vector<float> params = random_vector(kSize, 1), fp32_params = params;
+    std::vector<float> params = test::random_normal_vector(kSize, 1), fp32_params = params;
     std::vector<float> previous(kSize, 0.0f);
     for (int64_t t = 1; t <= 6; ++t) {
-      std::vector<float> grads = random_vector(kSize, 100 + static_cast<uint64_t>(t));
+      std::vector<float> grads = test::random_normal_vector(kSize, 100 + static_cast<uint64_t>(t));
       for (size_t i = 0; i < kSize; i += 13) grads[i] = 0.0f;
       int8->step(params, grads, StepInfo{t, 1e-3f, seed, element_offset});
       fp32->step(fp32_params, grads, StepInfo{t, 1e-3f, seed, element_offset});
-      const std::vector<float> m2 = state(*int8, "m2");
-      const std::vector<float> fp32_m2 = state(*fp32, "m2");
+      const std::vector<float> m2 = test::state_buffer(*int8, "m2");
+      const std::vector<float> fp32_m2 = test::state_buffer(*fp32, "m2");
       std::vector<float> average(kSize);
       std::vector<bool> quantized(kSize, false);
       for (const ParamSegment& s : segments) {
@@ -182,17 +170,17 @@ TEST(AdemamixInt8M2, ShardsAtBlockBoundariesReproduceTheWholeRange) {
   auto whole = make_ademamix(hp, kSize, awkward_segments());
   auto low = make_ademamix(hp, split, {{0, 700, true}, {700, 45, false}, {745, split - 745, true}});
   auto high = make_ademamix(hp, kSize - split, {{0, 2045 - split, true}, {2045 - split, 100, false}});
-  std::vector<float> params = random_vector(kSize, 3), shard_params = params;
+  std::vector<float> params = test::random_normal_vector(kSize, 3), shard_params = params;
   for (int64_t t = 1; t <= 5; ++t) {
-    const std::vector<float> grads = random_vector(kSize, 200 + static_cast<uint64_t>(t));
+    const std::vector<float> grads = test::random_normal_vector(kSize, 200 + static_cast<uint64_t>(t));
     whole->step(params, grads, StepInfo{t, 1e-3f, 9, 0});
     low->step(std::span(shard_params).first(split), std::span(grads).first(split), StepInfo{t, 1e-3f, 9, 0});
     high->step(std::span(shard_params).subspan(split), std::span(grads).subspan(split), StepInfo{t, 1e-3f, 9, split});
   }
-  std::vector<float> shard_m2 = state(*low, "m2");
-  const std::vector<float> high_m2 = state(*high, "m2");
+  std::vector<float> shard_m2 = test::state_buffer(*low, "m2");
+  const std::vector<float> high_m2 = test::state_buffer(*high, "m2");
   shard_m2.insert(shard_m2.end(), high_m2.begin(), high_m2.end());
-  const std::vector<float> whole_m2 = state(*whole, "m2");
+  const std::vector<float> whole_m2 = test::state_buffer(*whole, "m2");
   EXPECT_EQ(std::memcmp(shard_m2.data(), whole_m2.data(), kSize * sizeof(float)), 0);
   EXPECT_EQ(std::memcmp(shard_params.data(), params.data(), kSize * sizeof(float)), 0);
 }
@@ -246,8 +234,8 @@ TEST(AdemamixInt8M2, StochasticRoundingIsUnbiasedWhereRoundToNearestDrifts) {
       }
     }
   }
-  const std::vector<float> reference = state(*fp32, "m2");
-  const std::vector<float> stochastic = state(*int8, "m2");
+  const std::vector<float> reference = test::state_buffer(*fp32, "m2");
+  const std::vector<float> stochastic = test::state_buffer(*int8, "m2");
   double largest = 0.0;
   for (float v : reference) largest = std::max(largest, std::fabs(static_cast<double>(v)));
   // rms over positions of the error averaged over blocks, and rms of single errors

@@ -22,7 +22,6 @@
 #include "config/json_reader.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
-#include "core/rng.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
 
@@ -51,12 +50,6 @@ std::unique_ptr<Optimizer> make_optimizer(std::string_view name, const Json& hyp
   return spec.create(spec.normalize(hyperparameters), size, std::move(segments));
 }
 
-std::vector<float> random_vector(size_t size, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> values(size);
-  for (float& v : values) v = static_cast<float>(rng.next_normal());
-  return values;
-}
 
 // What a checkpoint carries: the state buffers by name, and the scalar state
 // through its JSON text.
@@ -258,13 +251,13 @@ TEST(Optimizers, RestoredStateContinuesBitExactly) {
     Json hyperparameters = spec.normalize(Json::object());
     const auto lr = static_cast<float>(common_hyperparameters(hyperparameters).lr);
     auto original = spec.create(hyperparameters, size, segments);
-    auto params = random_vector(size, 1);
-    for (int64_t t = 1; t <= 5; ++t) original->step(params, random_vector(size, 100 + t), StepInfo{t, lr});
+    auto params = test::random_normal_vector(size, 1);
+    for (int64_t t = 1; t <= 5; ++t) original->step(params, test::random_normal_vector(size, 100 + t), StepInfo{t, lr});
     auto restored = spec.create(hyperparameters, size, segments);
     copy_state(*original, *restored);
     auto restored_params = params;
     for (int64_t t = 6; t <= 10; ++t) {
-      auto grads = random_vector(size, 100 + t);
+      auto grads = test::random_normal_vector(size, 100 + t);
       original->step(params, grads, StepInfo{t, lr});
       restored->step(restored_params, grads, StepInfo{t, lr});
     }
@@ -279,7 +272,7 @@ TEST(Optimizers, DecayOnlyTheWeightDecaySegments) {
     SCOPED_TRACE(name);
     // Zero gradients leave every update but the decay at zero.
     auto optimizer = make_optimizer(name, Json{{"lr", 0.1}, {"weight_decay", 0.5}}, 40, segments);
-    auto params = random_vector(40, 7);
+    auto params = test::random_normal_vector(40, 7);
     const auto before = params;
     optimizer->step(params, std::vector<float>(40, 0.0f), StepInfo{1, 0.1f});
     for (size_t i = 0; i < params.size(); ++i) {
@@ -387,8 +380,8 @@ TEST(Optimizers, EvalParamsAreTrainParamsExceptScheduleFree) {
     if (name == "schedule_free_adamw") continue;
     SCOPED_TRACE(name);
     auto optimizer = make_optimizer(name, Json::object(), 50, {{0, 50, true}});
-    auto params = random_vector(50, 3);
-    optimizer->step(params, random_vector(50, 4), StepInfo{1, 1e-3f});
+    auto params = test::random_normal_vector(50, 3);
+    optimizer->step(params, test::random_normal_vector(50, 4), StepInfo{1, 1e-3f});
     const auto trained = params;
     optimizer->to_eval_params(params);
     EXPECT_TRUE(bitwise_equal(params, trained));
@@ -425,14 +418,14 @@ TEST(Mars, FirstStepIsAdamw) {
   auto adamw = make_optimizer(
       "adamw", Json{{"lr", 1e-3}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8}, {"weight_decay", 0.1}}, size,
       {{0, size, true}});
-  auto mars_params = random_vector(size, 5);
+  auto mars_params = test::random_normal_vector(size, 5);
   auto adamw_params = mars_params;
-  mars->step(mars_params, random_vector(size, 6), StepInfo{1, 1e-3f});
-  adamw->step(adamw_params, random_vector(size, 6), StepInfo{1, 1e-3f});
+  mars->step(mars_params, test::random_normal_vector(size, 6), StepInfo{1, 1e-3f});
+  adamw->step(adamw_params, test::random_normal_vector(size, 6), StepInfo{1, 1e-3f});
   EXPECT_TRUE(bitwise_equal(mars_params, adamw_params));
   // From step 2 on, the correction γ·β1/(1−β1)·(g − g_prev) is not zero.
-  mars->step(mars_params, random_vector(size, 7), StepInfo{2, 1e-3f});
-  adamw->step(adamw_params, random_vector(size, 7), StepInfo{2, 1e-3f});
+  mars->step(mars_params, test::random_normal_vector(size, 7), StepInfo{2, 1e-3f});
+  adamw->step(adamw_params, test::random_normal_vector(size, 7), StepInfo{2, 1e-3f});
   EXPECT_FALSE(bitwise_equal(mars_params, adamw_params));
 }
 
@@ -443,11 +436,11 @@ TEST(Mars, ClipNormSpansTheWholeRange) {
   auto whole = make_optimizer("mars", mars_hyperparameters(true, 0.0), size, {{0, size, true}});
   auto split = make_optimizer("mars", mars_hyperparameters(true, 0.0), size,
                               {{0, 10, true}, {10, 30, false}, {40, 20, true}});
-  auto whole_params = random_vector(size, 8);
+  auto whole_params = test::random_normal_vector(size, 8);
   auto split_params = whole_params;
   for (int64_t t = 1; t <= 5; ++t) {
-    whole->step(whole_params, random_vector(size, 10 + t), StepInfo{t, 1e-3f});
-    split->step(split_params, random_vector(size, 10 + t), StepInfo{t, 1e-3f});
+    whole->step(whole_params, test::random_normal_vector(size, 10 + t), StepInfo{t, 1e-3f});
+    split->step(split_params, test::random_normal_vector(size, 10 + t), StepInfo{t, 1e-3f});
   }
   EXPECT_TRUE(bitwise_equal(whole_params, split_params));
 }
@@ -459,10 +452,10 @@ TEST(Mars, ClippedUpdateDoesNotDependOnTheGradientScale) {
   const size_t size = 60;
   auto base = make_optimizer("mars", mars_hyperparameters(true, 0.0), size, {{0, size, true}});
   auto scaled = make_optimizer("mars", mars_hyperparameters(true, 0.0), size, {{0, size, true}});
-  auto base_params = random_vector(size, 9);
+  auto base_params = test::random_normal_vector(size, 9);
   auto scaled_params = base_params;
   for (int64_t t = 1; t <= 5; ++t) {
-    auto grads = random_vector(size, 20 + t);
+    auto grads = test::random_normal_vector(size, 20 + t);
     base->step(base_params, grads, StepInfo{t, 1e-3f});
     for (float& g : grads) g *= 10.0f;
     scaled->step(scaled_params, grads, StepInfo{t, 1e-3f});
@@ -486,10 +479,10 @@ TEST(ScheduleFree, EvalParamsAreTheAverageOfZ) {
   const size_t size = 40;
   const int64_t steps = 20;
   auto optimizer = make_optimizer("schedule_free_adamw", schedule_free_constant_lr(), size, {{0, size, true}});
-  auto params = random_vector(size, 11);
+  auto params = test::random_normal_vector(size, 11);
   std::vector<double> z_sum(size, 0.0);
   for (int64_t t = 1; t <= steps; ++t) {
-    optimizer->step(params, random_vector(size, 30 + t), StepInfo{t, 0.01f});
+    optimizer->step(params, test::random_normal_vector(size, 30 + t), StepInfo{t, 0.01f});
     auto buffers = optimizer->state_buffers();
     ASSERT_EQ(buffers[0].name, "z");
     for (size_t i = 0; i < size; ++i) z_sum[i] += buffers[0].data[i];
@@ -506,26 +499,26 @@ TEST(ScheduleFree, EvalParamsAreTheAverageOfZ) {
 TEST(ScheduleFree, ConvertsBetweenTrainAndEvalPoints) {
   const size_t size = 40;
   auto optimizer = make_optimizer("schedule_free_adamw", Json::object(), size, {{0, size, true}});
-  auto params = random_vector(size, 12);
+  auto params = test::random_normal_vector(size, 12);
   const auto initial = params;
   // Before the first step x = y = z.
   optimizer->to_eval_params(params);
   EXPECT_TRUE(bitwise_equal(params, initial));
-  EXPECT_THROW(optimizer->step(params, random_vector(size, 13), StepInfo{1, 1e-3f}), std::logic_error);
+  EXPECT_THROW(optimizer->step(params, test::random_normal_vector(size, 13), StepInfo{1, 1e-3f}), std::logic_error);
   optimizer->to_train_params(params);
-  for (int64_t t = 1; t <= 3; ++t) optimizer->step(params, random_vector(size, 13 + t), StepInfo{t, 1e-3f});
+  for (int64_t t = 1; t <= 3; ++t) optimizer->step(params, test::random_normal_vector(size, 13 + t), StepInfo{t, 1e-3f});
   const auto y = params;
   optimizer->to_eval_params(params);
   const auto x = params;
   optimizer->to_eval_params(params);  // already x: nothing happens
   EXPECT_TRUE(bitwise_equal(params, x));
-  EXPECT_THROW(optimizer->step(params, random_vector(size, 20), StepInfo{4, 1e-3f}), std::logic_error);
+  EXPECT_THROW(optimizer->step(params, test::random_normal_vector(size, 20), StepInfo{4, 1e-3f}), std::logic_error);
   EXPECT_EQ(optimizer->scalar_state().at("eval_mode"), true);
   optimizer->to_train_params(params);
   optimizer->to_train_params(params);  // already y: nothing happens
   for (size_t i = 0; i < size; ++i) EXPECT_NEAR(params[i], y[i], 1e-6 * (1 + std::abs(y[i]))) << "element " << i;
   EXPECT_EQ(optimizer->scalar_state().at("eval_mode"), false);
-  EXPECT_NO_THROW(optimizer->step(params, random_vector(size, 20), StepInfo{4, 1e-3f}));
+  EXPECT_NO_THROW(optimizer->step(params, test::random_normal_vector(size, 20), StepInfo{4, 1e-3f}));
 }
 
 // The protocol optimizer.hpp documents: a checkpoint written in eval mode
@@ -536,8 +529,8 @@ TEST(ScheduleFree, CheckpointWrittenInEvalModeResumesBitExactly) {
   const Json hyperparameters{{"warmup_steps", 4}, {"lr", 0.01}};
   const std::vector<ParamSegment> segments = {{0, 25, true}, {25, 15, false}};
   auto original = make_optimizer("schedule_free_adamw", hyperparameters, size, segments);
-  auto params = random_vector(size, 13);
-  for (int64_t t = 1; t <= 6; ++t) original->step(params, random_vector(size, 40 + t), StepInfo{t, 0.01f});
+  auto params = test::random_normal_vector(size, 13);
+  for (int64_t t = 1; t <= 6; ++t) original->step(params, test::random_normal_vector(size, 40 + t), StepInfo{t, 0.01f});
   original->to_eval_params(params);
   auto checkpoint_params = params;  // written to the checkpoint: x
   auto restored = make_optimizer("schedule_free_adamw", hyperparameters, size, segments);
@@ -546,7 +539,7 @@ TEST(ScheduleFree, CheckpointWrittenInEvalModeResumesBitExactly) {
   restored->to_train_params(checkpoint_params);
   EXPECT_TRUE(bitwise_equal(params, checkpoint_params));
   for (int64_t t = 7; t <= 12; ++t) {
-    auto grads = random_vector(size, 40 + t);
+    auto grads = test::random_normal_vector(size, 40 + t);
     original->step(params, grads, StepInfo{t, 0.01f});
     restored->step(checkpoint_params, grads, StepInfo{t, 0.01f});
   }

@@ -84,6 +84,21 @@ nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer,
   return config;
 }
 
+std::vector<float> random_normal_vector(size_t size, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> values(size);
+  for (float& v : values) v = static_cast<float>(rng.next_normal());
+  return values;
+}
+
+std::vector<float> state_buffer(Optimizer& optimizer, const std::string& name) {
+  for (const StateBuffer& buffer : optimizer.state_buffers()) {
+    if (buffer.name == name) return {buffer.data.begin(), buffer.data.end()};
+  }
+  ADD_FAILURE() << "no state buffer " << name;
+  return {};
+}
+
 std::vector<OptimizerVariant> optimizer_variants() {
   std::vector<OptimizerVariant> variants;
   for (const std::string& name : optimizer_names()) variants.push_back({name, nlohmann::json::object(), name});

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/gpt2_config.hpp"
+#include "optim/optimizer.hpp"
 
 namespace emix {
 class Communicator;
@@ -60,6 +61,12 @@ struct OptimizerVariant {
   std::string label;         // name, or name_<dtype>: for traces and run directories
 };
 std::vector<OptimizerVariant> optimizer_variants();
+
+// `size` standard normal floats from `seed` (core/rng.hpp): test parameters
+// and gradients.
+std::vector<float> random_normal_vector(size_t size, uint64_t seed);
+// A copy of the optimizer's state buffer `name` (a test failure if it has none).
+std::vector<float> state_buffer(Optimizer& optimizer, const std::string& name);
 
 // gtest's RUN_ALL_TESTS on every rank of a job (mpirun): rank 0 prints the
 // usual report, the other ranks only their failures, prefixed "[rank r]".
