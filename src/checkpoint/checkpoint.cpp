@@ -198,9 +198,9 @@ Checkpoint Checkpoint::open(const fs::path& path) {
     for (const auto& entry : manifest.at("files")) {
       fs::path file_path = path / entry.at("name").get<std::string>();
       FileReader file(file_path);
-      if (file.size() != json_integer<uint64_t>(entry, "bytes", manifest_path)) {
-        fail_file(file_path, "size is {} bytes, the manifest says {}: truncated or replaced", file.size(),
-                  entry.at("bytes").get<uint64_t>());
+      const uint64_t listed_bytes = json_integer<uint64_t>(entry, "bytes", manifest_path);
+      if (file.size() != listed_bytes) {
+        fail_file(file_path, "size is {} bytes, the manifest says {}: truncated or replaced", file.size(), listed_bytes);
       }
       std::array<char, kPrefixBytes> prefix{};
       file.read_at(0, prefix.data(), prefix.size());
@@ -215,7 +215,8 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       if (header_size > file.size() - kPrefixBytes) fail_file(file_path, "header length {} exceeds the file", header_size);
       std::string header(header_size, '\0');
       file.read_at(kPrefixBytes, header.data(), header.size());
-      if (crc32(header.data(), header.size()) != header_crc || header_crc != json_integer<uint32_t>(entry, "header_crc32", manifest_path)) {
+      if (crc32(header.data(), header.size()) != header_crc ||
+          header_crc != json_integer<uint32_t>(entry, "header_crc32", manifest_path)) {
         fail_file(file_path, "header checksum mismatch: the file is corrupt");
       }
       Json parsed_header = parse_json_text(header, file_path.string());

@@ -253,7 +253,7 @@ std::pair<device::StateBuffers, DeviceStep> ElementwiseOptimizer::shifted_to_seg
   return {state, step};
 }
 
-size_t ElementwiseOptimizer::int8_block_count() const { return (size_ + kInt8Block - 1) / kInt8Block; }
+size_t ElementwiseOptimizer::int8_block_count() const { return emix::int8_block_count(size_); }
 
 namespace {
 
@@ -309,11 +309,9 @@ void ElementwiseOptimizer::int8_to_host(size_t b) {
   for (size_t w = 0; w < scales.size(); ++w) {
     for_each_int8_element(w, [&](size_t i) { values[i] = int8_dequantize(codes[i], scales[w], magnitudes); });
   }
-  for (size_t s = 0; s < segments_.size(); ++s) {
-    if (is_int8_segment(segments_[s])) continue;
-    std::copy_n(packed.begin() + static_cast<ptrdiff_t>(packed_offsets_[s]), segments_[s].count,
-                values.begin() + static_cast<ptrdiff_t>(segments_[s].offset));
-  }
+  for_each_packed_segment([&](size_t offset, size_t packed_offset, size_t count) {
+    std::copy_n(packed.begin() + static_cast<ptrdiff_t>(packed_offset), count, values.begin() + static_cast<ptrdiff_t>(offset));
+  });
 }
 
 void ElementwiseOptimizer::int8_to_device(size_t b) {
@@ -325,11 +323,9 @@ void ElementwiseOptimizer::int8_to_device(size_t b) {
   for (size_t w = 0; w < scales.size(); ++w) {
     for_each_int8_element(w, [&](size_t i) { codes[i] = int8_code_nearest(values[i], scales[w], magnitudes); });
   }
-  for (size_t s = 0; s < segments_.size(); ++s) {
-    if (is_int8_segment(segments_[s])) continue;
-    std::copy_n(values.begin() + static_cast<ptrdiff_t>(segments_[s].offset), segments_[s].count,
-                packed.begin() + static_cast<ptrdiff_t>(packed_offsets_[s]));
-  }
+  for_each_packed_segment([&](size_t offset, size_t packed_offset, size_t count) {
+    std::copy_n(values.begin() + static_cast<ptrdiff_t>(offset), count, packed.begin() + static_cast<ptrdiff_t>(packed_offset));
+  });
   DeviceBuffer& device_buffer = device_buffers_[b];
   device::memory_ops().copy_to_device(device_buffer.elements.get(), codes.data(), codes.size());
   device::memory_ops().copy_to_device(device_buffer.scales.get(), scales.data(), scales.size() * sizeof(float));

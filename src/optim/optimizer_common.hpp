@@ -232,6 +232,14 @@ class ElementwiseOptimizer : public Optimizer {
       for (size_t i = std::max(block_begin, range->first); i < std::min(block_end, range->second); ++i) f(i);
     }
   }
+  // Calls f(offset, packed_offset, count) for every segment whose elements an
+  // int8_blockwise buffer keeps in its packed floats.
+  template <typename F>
+  void for_each_packed_segment(const F& f) const {
+    for (size_t s = 0; s < segments_.size(); ++s) {
+      if (!is_int8_segment(segments_[s])) f(segments_[s].offset, packed_offsets_[s], segments_[s].count);
+    }
+  }
   // The blocks' scales: the largest magnitude of each block's int8 elements
   // in `values` (NaN if any is NaN).
   std::vector<float> int8_scales(const float* values) const;

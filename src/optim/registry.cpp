@@ -59,10 +59,7 @@ uint64_t device_state_bytes(StateStorage storage, uint64_t count, uint64_t float
   switch (storage) {
     case StateStorage::float32: return 4 * count;
     case StateStorage::bfloat16: return 2 * count;
-    case StateStorage::int8_blockwise: {
-      const uint64_t blocks = (count + kInt8Block - 1) / kInt8Block;
-      return count + 4 * blocks + 4 * float_elements;
-    }
+    case StateStorage::int8_blockwise: return count + 4 * int8_block_count(count) + 4 * float_elements;
   }
   return 0;
 }

@@ -467,10 +467,10 @@ void Trainer::restore(const Checkpoint& checkpoint) {
     }
     if (saved_config != current) spdlog::warn("resuming with a config that differs from the checkpoint's:{}", describe_differences(saved_config, current));
     checkpoint.read_tensor("params", backend_->weights());
-    backend_->weights_changed(json_integer<int64_t>(state, "step", checkpoint.path()));
+    step_ = json_integer<int64_t>(state, "step", checkpoint.path());
+    backend_->weights_changed(step_);
     data_parallel_->load_optimizer_state(checkpoint);
     optimizer().load_scalar_state(state.at("optimizer").at("scalar_state"));
-    step_ = json_integer<int64_t>(state, "step", checkpoint.path());
     windows_consumed_ = json_integer<uint64_t>(state, "windows_consumed", checkpoint.path());
     tokens_seen_ = json_integer<int64_t>(state, "tokens_seen", checkpoint.path());
     train_seconds_ = state.at("train_seconds").get<double>();

@@ -59,6 +59,9 @@ __global__ void __launch_bounds__(kInt8Block)
   const size_t block = blockIdx.x;
   const size_t i = block * kInt8Block + threadIdx.x;
   const bool member = i < count && in_ranges(ranges, i);
+  // The narrow state's rounding bits: one draw per element serves every
+  // bf16 or int8 buffer, as in fused_update.cuh.
+  const uint32_t state_random = rounding_bits(a.state.narrow_rounding_key, a.element_offset + i);
   float state[kBuffers];
   if (member) {
     float param = a.master[i];
@@ -81,8 +84,7 @@ __global__ void __launch_bounds__(kInt8Block)
 #pragma unroll
     for (int b = 0; b < kBuffers; ++b) {
       if (a.state.int8[b] != nullptr) continue;
-      const uint32_t random = rounding_bits(a.state.narrow_rounding_key, a.element_offset + i);
-      if (a.state.bf16[b] != nullptr) a.state.bf16[b][i] = bf16_bits_stochastic(state[b], random);
+      if (a.state.bf16[b] != nullptr) a.state.bf16[b][i] = bf16_bits_stochastic(state[b], state_random);
       if (a.state.data[b] != nullptr) a.state.data[b][i] = state[b];
     }
   }
@@ -91,10 +93,7 @@ __global__ void __launch_bounds__(kInt8Block)
     if (a.state.int8[b] == nullptr) continue;
     // Every thread reaches the reduction: its barriers need the whole block.
     const float scale = block_scale(member ? fabsf(state[b]) : 0.0f, partials);
-    if (member) {
-      const uint32_t random = rounding_bits(a.state.narrow_rounding_key, a.element_offset + i);
-      a.state.int8[b][i] = int8_code_stochastic(state[b], scale, random, magnitudes);
-    }
+    if (member) a.state.int8[b][i] = int8_code_stochastic(state[b], scale, state_random, magnitudes);
     if (threadIdx.x == 0) a.state.int8_scales[b][block] = scale;
   }
 }
@@ -108,7 +107,7 @@ void launch_blockwise_int8_update(const Element& element, const Coefficients& c,
                                   size_t count) {
   if (count == 0 || ranges.count == 0) return;
   const FusedUpdateArrays arrays = fused_update_arrays(state, step, rounding_key);
-  const size_t blocks = ceil_div<size_t>(count, kInt8Block);
+  const uint64_t blocks = int8_block_count(count);
   blockwise_int8_update_kernel<<<static_cast<unsigned>(blocks), kInt8Block, 0, static_cast<cudaStream_t>(step.stream)>>>(
       element, c, arrays, ranges, count);
   EMIX_CUDA_CHECK_LAUNCH();

@@ -35,6 +35,9 @@ namespace emix {
 inline constexpr int kInt8Block = 256;
 inline constexpr int kInt8Magnitudes = 128;  // codes 0..127 of the low 7 bits
 
+// Blocks of a range of `count` elements (the last one may be short).
+EMIX_HD uint64_t int8_block_count(uint64_t count) { return (count + kInt8Block - 1) / kInt8Block; }
+
 // |map| of the 7-bit magnitude code m (0..127). fmaf keeps the host and the
 // device from contracting the sum differently: the same float everywhere.
 EMIX_HD float int8_dynamic_magnitude(uint32_t m) {
