@@ -26,6 +26,7 @@
 
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/process_identity.hpp"
 #include "distributed/mpi_abi.hpp"
 #include "test_support.hpp"
 
@@ -80,8 +81,7 @@ std::vector<size_t> lengths() {
 }
 
 TEST(Distributed, WorldMatchesLauncher) {
-  const LaunchEnvironment env = read_launch_environment();
-  const int expected = env.world_size > 1 ? env.world_size : 1;
+  const int expected = read_process_identity().world_size;
   EXPECT_EQ(comm().world_size(), expected);
   EXPECT_GE(comm().rank(), 0);
   EXPECT_LT(comm().rank(), comm().world_size());
@@ -303,9 +303,9 @@ int child_status(const std::vector<std::pair<const char*, const char*>>& env, vo
   std::fflush(nullptr);
   const pid_t pid = fork();
   if (pid == 0) {
-    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS",
-                             "SLURM_STEP_ID", "WORLD_SIZE", "EMIX_COMM", "EMIX_LIBMPI",
-                             "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"}) {
+    for (const char* name : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK",
+                             "PMI_SIZE", "MPI_LOCALRANKID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
+                             "SLURM_LOCALID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "EMIX_COMM", "EMIX_LIBMPI"}) {
       unsetenv(name);
     }
     for (const auto& [name, value] : env) setenv(name, value, 1);
@@ -329,24 +329,35 @@ TEST(Distributed, FactoryReadsTheLauncherEnvironment) {
     if (make_communicator()->backend() != "local") std::_Exit(5);
   };
   EXPECT_EQ(child_status({}, expect_local), 0);
-  EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_SIZE", "1"}}, expect_local), 0);
-  EXPECT_EQ(child_status({{"SLURM_NTASKS", "8"}}, expect_local), 0);  // batch script: one process
-  EXPECT_EQ(child_status({{"WORLD_SIZE", "1"}, {"LOCAL_RANK", "0"}}, expect_local), 0);
-  // torchrun-style multi-process launch: a clear error, not a silent solo run.
-  EXPECT_EQ(child_status({{"WORLD_SIZE", "2"}}, [] { make_communicator(); }), 3);
+  EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "1"}}, expect_local), 0);
+  // A batch script (no SLURM_STEP_ID): one process whatever SLURM_NTASKS says.
+  EXPECT_EQ(child_status({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "8"}}, expect_local), 0);
+  EXPECT_EQ(child_status({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"LOCAL_RANK", "0"}}, expect_local), 0);
+  // torchrun-style multi-process launch: a clear error, not a silent solo run;
+  // also when torchrun runs inside an srun step, whose Slurm variables
+  // describe the outer tasks.
+  EXPECT_EQ(child_status({{"RANK", "0"}, {"WORLD_SIZE", "2"}}, [] { make_communicator(); }), 3);
+  EXPECT_EQ(child_status({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_STEP_ID", "0"}, {"RANK", "0"},
+                          {"WORLD_SIZE", "2"}},
+                         [] { make_communicator(); }),
+            3);
   // Launched with 2 ranks but libmpi cannot be loaded: a clear error. (Only
   // where this process has not loaded libmpi already.)
   if (comm().backend() == "local") {
-    EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_SIZE", "2"}, {"EMIX_LIBMPI", "/nonexistent/libmpi.so.40"}},
-                         [] { make_communicator(); }),
-            3);
+    EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                            {"EMIX_LIBMPI", "/nonexistent/libmpi.so.40"}},
+                           [] { make_communicator(); }),
+              3);
   }
   EXPECT_EQ(child_status({{"EMIX_COMM", "bogus"}}, [] { make_communicator(); }), 3);
-  EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_SIZE", "two"}}, [] { make_communicator(); }), 3);
+  EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "two"}}, [] { make_communicator(); }),
+            3);
   auto local_rank_is_3 = [] {
-    if (read_launch_environment().local_rank != 3) std::_Exit(5);
+    if (make_local_communicator()->local_rank() != 3) std::_Exit(5);
   };
-  EXPECT_EQ(child_status({{"SLURM_LOCALID", "3"}}, local_rank_is_3), 0);
+  EXPECT_EQ(child_status({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"}, {"SLURM_STEP_ID", "0"}, {"SLURM_LOCALID", "3"}},
+                         local_rank_is_3),
+            0);
 }
 
 }  // namespace

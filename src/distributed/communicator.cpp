@@ -4,10 +4,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
-#include "core/env.hpp"
 #include "core/error.hpp"
+#include "distributed/process_identity.hpp"
 
 namespace emix {
 
@@ -52,39 +53,6 @@ void Communicator::check_all(bool ok, const std::string& what) {
   fail("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
 }
 
-LaunchEnvironment read_launch_environment() {
-  LaunchEnvironment env;
-  struct Source {
-    const char* name;
-    bool mpi;
-    const char* requires_also;
-  };
-  const Source sources[] = {
-      {"OMPI_COMM_WORLD_SIZE", true, nullptr},
-      {"PMI_SIZE", true, nullptr},
-      {"SLURM_STEP_NUM_TASKS", true, nullptr},
-      {"SLURM_NTASKS", true, "SLURM_STEP_ID"},
-      {"WORLD_SIZE", false, nullptr},
-  };
-  for (const Source& source : sources) {
-    if (source.requires_also != nullptr && std::getenv(source.requires_also) == nullptr) continue;
-    const int size = env_int(source.name);
-    if (size < 0) continue;
-    env.world_size = size;
-    env.variable = source.name;
-    env.mpi_launcher = source.mpi;
-    break;
-  }
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"}) {
-    const int local = env_int(name);
-    if (local >= 0) {
-      env.local_rank = local;
-      break;
-    }
-  }
-  return env;
-}
-
 std::unique_ptr<Communicator> make_communicator() {
   if (const char* forced = std::getenv("EMIX_COMM"); forced != nullptr && *forced != '\0') {
     const std::string backend = forced;
@@ -92,12 +60,12 @@ std::unique_ptr<Communicator> make_communicator() {
     if (backend == "mpi") return make_mpi_communicator();
     fail("EMIX_COMM={} is not a backend: use local or mpi", backend);
   }
-  const LaunchEnvironment env = read_launch_environment();
-  if (env.world_size <= 1) return make_local_communicator();
-  if (!env.mpi_launcher) {
-    fail("{}={} announces a multi-process launch without MPI (torchrun-style); emix needs an MPI "
+  const ProcessIdentity identity = read_process_identity();
+  if (identity.world_size <= 1) return make_local_communicator();
+  if (!identity.mpi_launcher) {
+    fail("{} = {}/{} announces a multi-process launch without MPI (torchrun-style); emix needs an MPI "
          "launcher for several processes: use mpirun -np N or srun",
-         env.variable, env.world_size);
+         identity.source, identity.rank, identity.world_size);
   }
   return make_mpi_communicator();
 }

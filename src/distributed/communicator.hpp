@@ -21,27 +21,15 @@
 //     RTLD_GLOBAL is required: Open MPI's own plugins (mca_*.so) resolve
 //     symbols of libmpi / libopen-pal from the global namespace.
 //
-// make_communicator() picks the backend from the environment (read once,
-// nothing else is consulted):
-//   OMPI_COMM_WORLD_SIZE              set by Open MPI's mpirun/mpiexec
-//   PMI_SIZE                          set by MPICH/Hydra and PMI-launched srun
-//   SLURM_STEP_NUM_TASKS              set by srun for the tasks of the step
-//   SLURM_NTASKS (with SLURM_STEP_ID) srun inside an allocation; SLURM_NTASKS
-//                                     alone describes the allocation of a
-//                                     batch script, which is one process,
-//                                     and is ignored
-//   WORLD_SIZE                        torchrun-style launchers (with RANK and
-//                                     LOCAL_RANK); such a launch has no MPI
-//                                     runtime behind it, so WORLD_SIZE > 1
-//                                     without any MPI variable above is an
-//                                     error (not supported yet), never a
-//                                     silent single-process run
-// The first of these that is set gives the world size. If it is > 1 the MPI
-// backend is used (and failing to load libmpi.so.40 is an error that says
-// so); otherwise (unset, or 1) the local backend. EMIX_COMM=local|mpi
-// forces a backend. local_rank() is taken from OMPI_COMM_WORLD_LOCAL_RANK,
-// MPI_LOCALRANKID, SLURM_LOCALID or LOCAL_RANK (first set; 0 when none);
-// rank() and world_size() of the MPI backend come from MPI itself.
+// make_communicator() picks the backend from read_process_identity()
+// (process_identity.hpp: the launcher's variables, innermost launcher
+// first). A world size above 1 from an MPI launcher (mpirun, srun) selects
+// the MPI backend (and failing to load libmpi.so.40 is an error that says
+// so); otherwise the local backend. Several processes from a torchrun-style
+// launcher (RANK/WORLD_SIZE) have no MPI runtime behind them: an error (not
+// supported yet), never a silent single-process run. EMIX_COMM=local|mpi
+// forces a backend. local_rank() comes from the identity; rank() and
+// world_size() of the MPI backend come from MPI itself.
 //
 // Determinism. MPI does not promise that MPI_Allreduce / MPI_Reduce_scatter
 // with MPI_SUM give bit-identical results from run to run: the standard only
@@ -140,15 +128,5 @@ std::unique_ptr<Communicator> make_local_communicator();
 std::unique_ptr<Communicator> make_mpi_communicator();
 // See the header comment: MPI when launched with more than one rank.
 std::unique_ptr<Communicator> make_communicator();
-
-// World size announced by the launcher's environment (0 when none) and
-// which variable gave it (for messages).
-struct LaunchEnvironment {
-  int world_size = 0;
-  std::string variable;
-  bool mpi_launcher = false;  // false for torchrun-style WORLD_SIZE
-  int local_rank = 0;
-};
-LaunchEnvironment read_launch_environment();
 
 }  // namespace emix

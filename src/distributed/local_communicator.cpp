@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/process_identity.hpp"
 
 namespace emix {
 namespace {
@@ -55,7 +56,7 @@ class LocalCommunicator final : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_local_communicator() {
-  return std::make_unique<LocalCommunicator>(read_launch_environment().local_rank);
+  return std::make_unique<LocalCommunicator>(read_process_identity().local_rank);
 }
 
 }  // namespace emix

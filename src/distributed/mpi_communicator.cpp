@@ -16,6 +16,7 @@
 
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/process_identity.hpp"
 #include "distributed/mpi_abi.hpp"
 
 namespace emix {
@@ -52,9 +53,10 @@ const MpiApi& load_mpi() {
     void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
     if (library == nullptr) {
       const char* why = dlerror();
-      const LaunchEnvironment env = read_launch_environment();
-      const std::string launched =
-          env.world_size > 0 ? fmt::format("launched with {}={}, ", env.variable, env.world_size) : std::string();
+      const ProcessIdentity identity = read_process_identity();
+      const std::string launched = identity.world_size > 1
+                                       ? fmt::format("launched as {} = {}/{}, ", identity.source, identity.rank, identity.world_size)
+                                       : std::string();
       fail("{}the MPI backend needs Open MPI's {} but it cannot be loaded ({}); install Open MPI "
            "(Debian: openmpi-bin libopenmpi-dev) or set EMIX_LIBMPI to the library's path",
            launched, path, why != nullptr ? why : "unknown error");
@@ -110,7 +112,7 @@ class MpiCommunicator final : public Communicator {
     }
     check(api_.Comm_rank(api_.comm_world, &rank_), "MPI_Comm_rank");
     check(api_.Comm_size(api_.comm_world, &world_), "MPI_Comm_size");
-    local_rank_ = read_launch_environment().local_rank;
+    local_rank_ = read_process_identity().local_rank;
     segment_bytes_ = segment_bytes_from_environment();
   }
 

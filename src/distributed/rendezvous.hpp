@@ -1,6 +1,6 @@
 #pragma once
-// Who this process is in a multi-process launch, and a rendezvous that gives
-// every rank a small blob created by rank 0, without MPI.
+// A rendezvous that gives every rank a small blob created by rank 0, without
+// MPI (who the ranks are: process_identity.hpp).
 //
 // Why: a GPU run's NCCL communicator needs NCCL's unique id (an opaque
 // 128-byte blob that rank 0 creates) on every rank before
@@ -42,27 +42,9 @@
 #include <string>
 #include <vector>
 
+#include "distributed/process_identity.hpp"
+
 namespace emix {
-
-struct ProcessIdentity {
-  int rank = 0;
-  int world_size = 1;
-  int local_rank = 0;  // among the processes of this node (selects the GPU)
-  std::string source;  // the variables it came from, for messages
-};
-
-// From the first family of launcher variables that is set:
-//   RANK, WORLD_SIZE, LOCAL_RANK                  torchrun-style launchers
-//   OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK      Open MPI's mpirun
-//   PMI_RANK, PMI_SIZE (MPI_LOCALRANKID or SLURM_LOCALID)   MPICH/Hydra, srun with PMI
-//   SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID     srun (only with SLURM_STEP_ID set:
-//                                                 a batch script alone is one process)
-// The innermost launcher comes first: torchrun started by srun, or mpirun's
-// ranks started through Slurm, inherit the outer launcher's SLURM_*
-// variables, which describe the outer tasks, not these processes. None set:
-// rank 0 of 1. An unset local rank is 0. Errors name the variable and value
-// (not an integer, rank not below the world size, one of a pair missing).
-ProcessIdentity read_process_identity();
 
 struct RendezvousOptions {
   // The method: `file` when not empty, else TCP when master_addr and
