@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -68,6 +69,28 @@ TEST(BlockwiseInt8, MapIsMonotoneSymmetricAndSpansSixDecades) {
     EXPECT_EQ(v, -int8_dynamic_value(static_cast<uint8_t>(code ^ 0x80)));
   }
   EXPECT_EQ(values.size(), 255u);  // ±0 coincide
+}
+
+// The computed code search against its definition, a scan: on every
+// magnitude and its float neighbours (where rounding in the estimate could
+// land one off), on random values across the decades and beyond 1, and on
+// 0, infinity and NaN (code 0, so a NaN block stays NaN).
+TEST(BlockwiseInt8, CodeSearchIsTheLargestMagnitudeAtOrBelow) {
+  const std::vector<float> table = magnitude_table();
+  auto scan = [&](float a) {
+    uint32_t m = 0;
+    while (m + 1 < kInt8Magnitudes && table[m + 1] <= a) ++m;
+    return m;
+  };
+  std::vector<float> probes = {0.0f, -0.0f, 1.0f, 2.0f, INFINITY, 5e-7f, 1e-30f};
+  for (float v : table) {
+    probes.insert(probes.end(), {v, std::nextafter(v, 0.0f), std::nextafter(v, 2.0f)});
+  }
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> exponent(-7.5f, 0.2f);
+  for (int i = 0; i < 200000; ++i) probes.push_back(std::pow(10.0f, exponent(rng)));
+  for (float a : probes) ASSERT_EQ(int8_magnitude_at_or_below(a, table.data()), scan(a)) << a;
+  EXPECT_EQ(int8_magnitude_at_or_below(NAN, table.data()), 0u);
 }
 
 // Values on the map keep their code whatever the bits; others average to

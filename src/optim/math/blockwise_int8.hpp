@@ -56,16 +56,31 @@ EMIX_HD float int8_dynamic_value(uint8_t code) {
   return (code & 0x80u) != 0 ? -magnitude : magnitude;
 }
 
-// The largest magnitude code m with magnitudes[m] ≤ a (a ≥ 0); `magnitudes`
-// is int8_dynamic_magnitude(0..127), a table: the search reads it seven times.
+// The largest magnitude code m with magnitudes[m] ≤ a (a ≥ 0, or NaN: 0);
+// `magnitudes` is int8_dynamic_magnitude(0..127), a table.
+//
+// Computed, not searched: a binary search is seven table reads, each
+// waiting for the one before, and on the CPU that chain is most of an int8
+// optimizer step. Instead, the decade is counted with six independent
+// comparisons against the decades' tops (codes 2^c − 1 = 10^(c−6), so c of
+// them ≤ a puts m in [2^c − 1, 2^(c+1) − 1]); inside it the map is linear,
+// which gives m by one division; float rounding can leave that estimate one
+// off at a boundary, so one comparison each way with the table's own values
+// makes the result exactly the search's.
 EMIX_HD uint32_t int8_magnitude_at_or_below(float a, const float* magnitudes) {
-  // Branch-free: the comparisons' outcomes are data, and on the CPU seven
-  // mispredicted branches per element cost more than the whole update.
-  uint32_t low = 0;
-  for (uint32_t step = kInt8Magnitudes / 2; step > 0; step /= 2) {
-    low += step * static_cast<uint32_t>(magnitudes[low + step] <= a);
-  }
-  return low;
+  uint32_t c = 0;
+  for (uint32_t top = 1; top < kInt8Magnitudes / 2; top = 2 * top + 1) c += static_cast<uint32_t>(magnitudes[top] <= a);
+  // Within decade c, code 2^c − 1 + s has magnitude decade · (0.1 + 0.9 s / 2^c)
+  // for s = 1 .. 2^c (s = 0: the decade below's top). Clamped with
+  // comparisons (fmaxf is a library call on the CPU); a NaN s becomes 0.
+  const float decade = magnitudes[(2u << c) - 1];
+  const float steps = static_cast<float>(1u << c);
+  const float estimate = floorf((a / decade - 0.1f) / 0.9f * steps);
+  const float s = estimate > 0.0f ? (estimate < steps ? estimate : steps) : 0.0f;
+  uint32_t m = (1u << c) - 1 + static_cast<uint32_t>(s);
+  if (m + 1 < kInt8Magnitudes && magnitudes[m + 1] <= a) ++m;
+  if (magnitudes[m] > a) --m;
+  return m;
 }
 
 // The full code of magnitude code m with y's sign (one zero: +0).
@@ -111,7 +126,7 @@ EMIX_HD float int8_dequantize(uint8_t code, float scale, const float* magnitudes
 // corrupted block shows as NaN instead of being silently rescaled.
 EMIX_HD float int8_scale_max(float scale, float magnitude) {
   if (isnan(scale) || isnan(magnitude)) return NAN;
-  return fmaxf(scale, magnitude);
+  return scale > magnitude ? scale : magnitude;  // not fmaxf: a library call on the CPU
 }
 
 // The stored code of `value` in a block of scale `scale`: an all-zero block
