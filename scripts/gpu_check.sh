@@ -34,7 +34,7 @@ if ldd build/emix | grep -q "not found"; then
 fi
 
 echo "== GPU tests"
-timeout 300 build/tests/test_cuda --gtest_color=no 2>&1 | tee "$OUT/test_cuda.log"
+timeout 420 build/tests/test_cuda --gtest_color=no 2>&1 | tee "$OUT/test_cuda.log"
 tests_status=${PIPESTATUS[0]}
 [[ "${1:-}" == quick ]] && exit "$tests_status"
 if [[ "${1:-}" == sanitize ]]; then
@@ -65,6 +65,7 @@ bench() {  # config, then --set overrides
   timeout 240 build/emix bench --config "configs/${config}.json" "${overrides[@]}" 2>&1 | tee -a "$OUT/bench.log"
 }
 bench gpt2_124m_cuda
+bench gpt2_124m_cuda cuda.deterministic=false
 bench gpt2_124m_cuda training.batch_size=32
 bench gpt2_124m_cuda cuda.attention=reference
 bench gpt2_124m_cuda optimizer.m2_dtype=bfloat16
@@ -72,6 +73,7 @@ bench gpt2_124m_cuda optimizer.m2_dtype=int8
 bench gpt2_124m_cuda cuda.recompute=gelu+layernorm
 bench gpt2_350m_cuda
 bench gpt2_1.3b_cuda
+bench gpt2_1.3b_cuda cuda.deterministic=false
 bench gpt2_1.3b_cuda optimizer.m2_dtype=bfloat16
 bench gpt2_1.3b_cuda optimizer.m2_dtype=int8
 

@@ -116,6 +116,7 @@ CudaConfig read_cuda(JsonObjectReader r) {
   CudaConfig c;
   c.attention = r.get("attention", c.attention);
   c.recompute = r.get("recompute", c.recompute);
+  c.deterministic = r.get("deterministic", c.deterministic);
   r.reject_unknown_keys();
   if (c.recompute != "none" && c.recompute != "gelu" && c.recompute != "gelu+layernorm") {
     fail("config key 'cuda.recompute' must be \"none\", \"gelu\" or \"gelu+layernorm\", got \"{}\"", c.recompute);
@@ -209,7 +210,7 @@ Json Config::to_json() const {
        {{"run_dir", logging.run_dir}, {"interval", logging.interval}, {"sample_tokens", logging.sample_tokens},
         {"sample_prompt", logging.sample_prompt}, {"sample_temperature", logging.sample_temperature},
         {"sample_top_k", logging.sample_top_k}}},
-      {"cuda", {{"attention", cuda.attention}, {"recompute", cuda.recompute}}},
+      {"cuda", {{"attention", cuda.attention}, {"recompute", cuda.recompute}, {"deterministic", cuda.deterministic}}},
   };
 }
 

@@ -66,6 +66,7 @@ struct LoggingConfig {
 struct CudaConfig {
   std::string attention = "cudnn";  // "cudnn" (flash attention) or "reference" (our own kernels)
   std::string recompute = "none";   // activations recomputed in the backward: "none", "gelu", "gelu+layernorm"
+  bool deterministic = true;        // cuDNN attention's bitwise reproducible backward (else its faster atomic one)
 };
 
 struct Config {

@@ -8,9 +8,11 @@
 // 1e-2. The products accumulate in fp32 like the reference, so what remains is
 // the bf16 rounding of each output (relative 2⁻⁹ ≈ 2e-3 per element), twice
 // where GELU is applied to a stored bf16 value or where dweight/dbias add onto
-// a bf16 initial value.
+// a bf16 initial value. The batched products (the reference attention's)
+// write fp32: bound 1e-5 there.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <sstream>
 #include <string>
@@ -193,6 +195,68 @@ TEST(MatmulAlignment, OffsetOperands) {
   EXPECT_LT(relative_error(to_float(out.download()), out_ref), kBound);
   const std::vector<float> got_shifted = to_float(out_shifted.download());
   EXPECT_LT(relative_error(std::vector<float>(got_shifted.begin() + kOffset, got_shifted.end()), out_ref), kBound);
+}
+
+// Matmul::batched, the reference attention's products, for each
+// transposition: a batch of 5 column-major products of awkward sizes whose
+// members lie apart with a gap (stride larger than a member; C's gaps stay
+// poisoned), against a host loop in double. The output is fp32 from bf16
+// inputs with fp32 accumulation, so only the order of the sums differs:
+// bound 1e-5. A second call gives the same bits.
+TEST(MatmulBatched, MatchesAHostLoopForEachTransposition) {
+  EMIX_REQUIRE_GPU();
+  const int m = 37, n = 29, k = 24, batch = 5;
+  const int64_t gap = 8;
+  for (const bool transpose_a : {false, true}) {
+    for (const bool transpose_b : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "transpose_a=" << transpose_a << " transpose_b=" << transpose_b);
+      const int64_t lda = transpose_a ? k : m, ldb = transpose_b ? n : k, ldc = m;
+      const int64_t stride_a = lda * (transpose_a ? m : k) + gap;
+      const int64_t stride_b = ldb * (transpose_b ? k : n) + gap;
+      const int64_t stride_c = ldc * n + gap;
+      const std::vector<float> a = bf16_rounded(random_floats(size_t(stride_a) * batch, 71));
+      const std::vector<float> b = bf16_rounded(random_floats(size_t(stride_b) * batch, 72));
+      std::vector<float> expected(size_t(stride_c) * batch);
+      std::vector<bool> written(expected.size(), false);
+      for (int member = 0; member < batch; ++member) {
+        for (int j = 0; j < n; ++j) {
+          for (int i = 0; i < m; ++i) {
+            double sum = 0.0;
+            for (int p = 0; p < k; ++p) {
+              const float x = a[member * stride_a + (transpose_a ? p + i * lda : i + p * lda)];
+              const float y = b[member * stride_b + (transpose_b ? j + p * ldb : p + j * ldb)];
+              sum += double(x) * y;
+            }
+            expected[member * stride_c + i + j * ldc] = static_cast<float>(sum);
+            written[member * stride_c + i + j * ldc] = true;
+          }
+        }
+      }
+      DeviceBuffer<cuda::bf16> a_device(to_bf16(a)), b_device(to_bf16(b));
+      DeviceBuffer<float> c_device(expected.size());
+      c_device.poison();
+      const cuda::Matmul::Batched product{transpose_a, transpose_b, m, n, k, lda, ldb, ldc,
+                                          stride_a, stride_b, stride_c, batch};
+      cuda::Matmul matmul;
+      matmul.batched(product, a_device.get(), b_device.get(), c_device.get(), nullptr);
+      const std::vector<float> got = c_device.download();
+      std::vector<float> got_written, expected_written;
+      size_t gaps_touched = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (written[i]) {
+          got_written.push_back(got[i]);
+          expected_written.push_back(expected[i]);
+        } else {
+          gaps_touched += !std::isnan(got[i]);
+        }
+      }
+      EXPECT_LT(relative_error(got_written, expected_written), 1e-5);
+      EXPECT_EQ(gaps_touched, 0u);
+      matmul.batched(product, a_device.get(), b_device.get(), c_device.get(), nullptr);
+      const std::vector<float> again = c_device.download();
+      EXPECT_EQ(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)), 0);
+    }
+  }
 }
 
 // Many rows, so the bias gradient's rows are split over many chunks (and up

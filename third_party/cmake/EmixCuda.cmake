@@ -42,7 +42,7 @@ find_library(EMIX_CUDNN_LIBRARY NAMES cudnn HINTS ${CUDAToolkit_LIBRARY_DIR} /us
 if(NOT EMIX_CUDNN_LIBRARY)
   message(FATAL_ERROR "cuDNN 9 not found (libcudnn.so): install it beside the CUDA toolkit, or -DEMIX_WITH_CUDA=OFF")
 endif()
-target_link_libraries(emix_cuda PUBLIC CUDA::cudart_static CUDA::cublas CUDA::cublasLt ${EMIX_CUDNN_LIBRARY} emix::deps)
+target_link_libraries(emix_cuda PUBLIC CUDA::cudart_static CUDA::cublasLt ${EMIX_CUDNN_LIBRARY} emix::deps)
 target_compile_options(emix_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)
 target_compile_definitions(emix_cuda PUBLIC EMIX_HAVE_CUDA=1)
 message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")

@@ -1,5 +1,6 @@
 // Our own causal self-attention (the reference and the fallback for cuDNN's):
-// the math of kernels/cpu/attention.cpp, the products through cuBLAS.
+// the math of kernels/cpu/attention.cpp, the products through cuBLASLt
+// (Matmul::batched, which caches their descriptors and algorithms).
 // Forward: q, k, v are split out of qkv [B,T,3C] into head-major
 // [B,NH,T,hs] copies (one thread per 8 channels, 16-byte loads and stores);
 // scores = q·kᵀ is one strided-batched bf16 product over the B·NH heads with
@@ -11,26 +12,16 @@
 // backward (one warp per row) gives dscore = att ⊙ (datt − Σ att⊙datt)·scale,
 // 0 above the diagonal; dq = dscore·k and dk = dscoreᵀ·q; dq, dk, dv (fp32)
 // are merged back into dqkv [B,T,3C]. Every step is deterministic: no
-// atomics, and cuBLAS's batched products sum in a fixed order.
-#include <cublas_v2.h>
-
+// atomics, and each batched product runs the one algorithm cached for its
+// shape, which sums in a fixed order.
 #include <cmath>
-#include <string>
 
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/growing_buffer.cuh"
+#include "kernels/cuda/matmul.cuh"
 
 namespace emix::cuda {
-
-// Implemented in attention_cudnn.cpp (host C++20, where emix::Error lives).
-[[noreturn]] void fail_cublas(cublasStatus_t status, const char* what, const char* file, int line);
-
 namespace {
-
-#define EMIX_CUBLAS_CHECK(call)                                                                                  \
-  do {                                                                                                           \
-    const cublasStatus_t emix_cublas_status = (call);                                                            \
-    if (emix_cublas_status != CUBLAS_STATUS_SUCCESS) fail_cublas(emix_cublas_status, #call, __FILE__, __LINE__); \
-  } while (0)
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
@@ -114,34 +105,9 @@ __global__ void causal_softmax_backward_kernel(bf16* dscore, const bf16* att, co
   }
 }
 
-// Device memory that only grows (freeing synchronizes, so it is rare).
-template <typename T>
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { cudaFree(data_); }
-  T* get(size_t n) {
-    if (n > capacity_) {
-      EMIX_CUDA_CHECK(cudaFree(data_));
-      data_ = nullptr;
-      capacity_ = 0;
-      EMIX_CUDA_CHECK(cudaMalloc(&data_, n * sizeof(T)));
-      capacity_ = n;
-    }
-    return data_;
-  }
-
- private:
-  T* data_ = nullptr;
-  size_t capacity_ = 0;
-};
-
 class ReferenceAttention final : public Attention {
  public:
-  ReferenceAttention() { EMIX_CUBLAS_CHECK(cublasCreate(&cublas_)); }
-  ~ReferenceAttention() override { cublasDestroy(cublas_); }
+  ReferenceAttention() = default;
   ReferenceAttention(const ReferenceAttention&) = delete;
   ReferenceAttention& operator=(const ReferenceAttention&) = delete;
 
@@ -152,25 +118,24 @@ class ReferenceAttention final : public Attention {
 
   void forward(bf16* out, void* saved, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) override {
     const Shape s = shape(B, T, C, NH);
-    bf16* q = heads_.get(4 * s.head_elements);
+    bf16* q = heads_.get(4 * s.head_elements, stream);
     bf16* k = q + s.head_elements;
     bf16* v = k + s.head_elements;
-    float* scores = scores_.get(s.score_elements);
-    float* y = head_outputs_.get(3 * s.head_elements);
+    float* scores = scores_.get(s.score_elements, stream);
+    float* y = head_outputs_.get(3 * s.head_elements, stream);
     bf16* att = static_cast<bf16*>(saved);
-    EMIX_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
 
     split_qkv(q, k, v, qkv, s, stream);
     // scores (row-major [T,T] per head) = q·kᵀ; column-major: kᵀ·q.
-    batched_product(CUBLAS_OP_T, CUBLAS_OP_N, T, T, s.hs, k, s.hs, s.head_stride, q, s.hs, s.head_stride, scores, T,
-                    s.score_stride, s.batch);
+    batched_product(true, false, T, T, s.hs, k, s.hs, s.head_stride, q, s.hs, s.head_stride, scores, T,
+                    s.score_stride, s.batch, stream);
     const int rows = s.batch * T;
     causal_softmax_forward_kernel<<<ceil_div(rows, kWarpsPerBlock), kThreads, 0, stream>>>(att, scores, rows, T,
                                                                                            s.scale);
     EMIX_CUDA_CHECK_LAUNCH();
     // y (row-major [T,hs]) = att·v; column-major: v·att.
-    batched_product(CUBLAS_OP_N, CUBLAS_OP_N, s.hs, T, T, v, s.hs, s.head_stride, att, T, s.score_stride, y, s.hs,
-                    s.head_stride, s.batch);
+    batched_product(false, false, s.hs, T, T, v, s.hs, s.head_stride, att, T, s.score_stride, y, s.hs,
+                    s.head_stride, s.batch, stream);
     merge_heads(out, C, y, s, stream);
   }
 
@@ -178,36 +143,35 @@ class ReferenceAttention final : public Attention {
                 int NH, cudaStream_t stream) override {
     (void)out;
     const Shape s = shape(B, T, C, NH);
-    bf16* q = heads_.get(4 * s.head_elements);
+    bf16* q = heads_.get(4 * s.head_elements, stream);
     bf16* k = q + s.head_elements;
     bf16* v = k + s.head_elements;
     bf16* dy = v + s.head_elements;
-    float* datt = scores_.get(s.score_elements);
-    bf16* dscore = dscores_.get(s.score_elements);
-    float* dq = head_outputs_.get(3 * s.head_elements);
+    float* datt = scores_.get(s.score_elements, stream);
+    bf16* dscore = dscores_.get(s.score_elements, stream);
+    float* dq = head_outputs_.get(3 * s.head_elements, stream);
     float* dk = dq + s.head_elements;
     float* dv = dk + s.head_elements;
     const bf16* att = static_cast<const bf16*>(saved);
-    EMIX_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
 
     split_qkv(q, k, v, qkv, s, stream);
     split_heads(dy, dout, C, s, stream);
     // datt (row-major [T,T]) = dy·vᵀ; column-major: vᵀ·dy.
-    batched_product(CUBLAS_OP_T, CUBLAS_OP_N, T, T, s.hs, v, s.hs, s.head_stride, dy, s.hs, s.head_stride, datt, T,
-                    s.score_stride, s.batch);
+    batched_product(true, false, T, T, s.hs, v, s.hs, s.head_stride, dy, s.hs, s.head_stride, datt, T,
+                    s.score_stride, s.batch, stream);
     // dv (row-major [T,hs]) = attᵀ·dy; column-major: dy·attᵀ.
-    batched_product(CUBLAS_OP_N, CUBLAS_OP_T, s.hs, T, T, dy, s.hs, s.head_stride, att, T, s.score_stride, dv, s.hs,
-                    s.head_stride, s.batch);
+    batched_product(false, true, s.hs, T, T, dy, s.hs, s.head_stride, att, T, s.score_stride, dv, s.hs,
+                    s.head_stride, s.batch, stream);
     const int rows = s.batch * T;
     causal_softmax_backward_kernel<<<ceil_div(rows, kWarpsPerBlock), kThreads, 0, stream>>>(dscore, att, datt, rows, T,
                                                                                             s.scale);
     EMIX_CUDA_CHECK_LAUNCH();
     // dq (row-major [T,hs]) = dscore·k; column-major: k·dscore.
-    batched_product(CUBLAS_OP_N, CUBLAS_OP_N, s.hs, T, T, k, s.hs, s.head_stride, dscore, T, s.score_stride, dq, s.hs,
-                    s.head_stride, s.batch);
+    batched_product(false, false, s.hs, T, T, k, s.hs, s.head_stride, dscore, T, s.score_stride, dq, s.hs,
+                    s.head_stride, s.batch, stream);
     // dk (row-major [T,hs]) = dscoreᵀ·q; column-major: q·dscoreᵀ.
-    batched_product(CUBLAS_OP_N, CUBLAS_OP_T, s.hs, T, T, q, s.hs, s.head_stride, dscore, T, s.score_stride, dk, s.hs,
-                    s.head_stride, s.batch);
+    batched_product(false, true, s.hs, T, T, q, s.hs, s.head_stride, dscore, T, s.score_stride, dk, s.hs,
+                    s.head_stride, s.batch, stream);
     const int64_t row_stride = 3 * static_cast<int64_t>(C);
     merge_heads(dqkv, row_stride, dq, s, stream);
     merge_heads(dqkv + C, row_stride, dk, s, stream);
@@ -263,23 +227,21 @@ class ReferenceAttention final : public Attention {
     EMIX_CUDA_CHECK_LAUNCH();
   }
 
-  // C = op(A)·op(B) per head, column-major (cuBLAS's view of our row-major
+  // C = op(A)·op(B) per head, column-major (cuBLASLt's view of our row-major
   // matrices is their transpose): bf16 operands, fp32 accumulation and output.
-  void batched_product(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const bf16* a, int lda,
-                       int64_t stride_a, const bf16* b, int ldb, int64_t stride_b, float* c, int ldc, int64_t stride_c,
-                       int batch) {
-    const float one = 1.0f;
-    const float zero = 0.0f;
-    EMIX_CUBLAS_CHECK(cublasGemmStridedBatchedEx(cublas_, op_a, op_b, m, n, k, &one, a, CUDA_R_16BF, lda, stride_a, b,
-                                                 CUDA_R_16BF, ldb, stride_b, &zero, c, CUDA_R_32F, ldc, stride_c, batch,
-                                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  void batched_product(bool transpose_a, bool transpose_b, int m, int n, int k, const bf16* a, int64_t lda,
+                       int64_t stride_a, const bf16* b, int64_t ldb, int64_t stride_b, float* c, int64_t ldc,
+                       int64_t stride_c, int batch, cudaStream_t stream) {
+    const Matmul::Batched product{transpose_a, transpose_b, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c,
+                                  batch};
+    matmul_.batched(product, a, b, c, stream);
   }
 
-  cublasHandle_t cublas_ = nullptr;
-  Scratch<bf16> heads_;          // q, k, v and dy, head-major
-  Scratch<float> scores_;        // scores (forward) or datt (backward)
-  Scratch<bf16> dscores_;        // the softmax backward's output
-  Scratch<float> head_outputs_;  // y (forward) or dq, dk, dv (backward)
+  Matmul matmul_;
+  GrowingBuffer<bf16> heads_;          // q, k, v and dy, head-major
+  GrowingBuffer<float> scores_;        // scores (forward) or datt (backward)
+  GrowingBuffer<bf16> dscores_;        // the softmax backward's output
+  GrowingBuffer<float> head_outputs_;  // y (forward) or dq, dk, dv (backward)
 };
 
 }  // namespace

@@ -4,10 +4,10 @@
 // math is the CPU backend's (kernels/cpu/attention.hpp), softmax in fp32.
 //
 // Two implementations behind one interface: our own (QKᵀ and att·V as
-// cuBLAS strided-batched bf16 products, our causal softmax kernels, keeping
-// the probabilities [B,NH,T,T]), which is the fallback and the test
-// reference; and cuDNN 9's fused flash attention (attention_cudnn.cpp),
-// which keeps only the per-row log-sum-exp.
+// cuBLASLt strided-batched bf16 products, our causal softmax kernels, keeping
+// the probabilities [B,NH,T,T]; bitwise deterministic), which is the
+// fallback and the test reference; and cuDNN 9's fused flash attention
+// (attention_cudnn.cpp), which keeps only the per-row log-sum-exp.
 #include <cstddef>
 #include <memory>
 
@@ -32,7 +32,10 @@ class Attention {
 // Our own attention (the reference).
 std::unique_ptr<Attention> make_reference_attention();
 // cuDNN's flash attention; throws emix::Error naming what cuDNN refused when
-// it does not support the shape or the device.
-std::unique_ptr<Attention> make_cudnn_attention();
+// it does not support the shape or the device. `deterministic` picks cuDNN's
+// bitwise reproducible backward (dQ summed in a fixed order, through a
+// workspace of about B·NH·T·T bf16 values) over its faster one, which adds
+// dQ with atomics; the forward is the same either way.
+std::unique_ptr<Attention> make_cudnn_attention(bool deterministic);
 
 }  // namespace emix::cuda

@@ -8,16 +8,29 @@
 //             log-sum-exp, the only state kept for the backward), O = P·V;
 //   backward: P = exp(S − stats) recomputed under the same mask,
 //             dV = Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − Σ dO⊙O) · scale, dK = dSᵀ·Q,
-//             dQ = dS·K (accumulated in fp32 in the workspace, then rounded).
+//             dQ = dS·K.
 // Q, K, V are read in place from the interleaved qkv [B,T,3C] through their
 // strides (dims [B,NH,T,hs], strides {T·3C, hs, 3C, 1}), O and dO are
 // [B,T,C] and dQ, dK, dV are written interleaved into dqkv the same way.
-// Plans are built once per (B, T, C, NH) and cached with the descriptors
-// they were built from. cuDNN's dQ accumulation is not bitwise deterministic.
 //
-// Also home of fail_cublas, for attention.cu (nvcc's C++17 cannot include
-// core/error.hpp).
-#include <cublas_v2.h>
+// How the backward graph ends picks cuDNN's algorithm for dQ. With dS·K
+// written into a non-virtual fp32 tensor (kDQAccum, in our workspace) and
+// then converted into dQ, cuDNN runs its single-kernel backward, which adds
+// each key block's share of dQ with atomics: the fastest, but the order of
+// the sums, and so the bits, change from run to run. With dS·K written
+// straight into dQ, cuDNN runs its "dP workspace" algorithm instead: dS is
+// kept in a bf16 workspace of about B·NH·T·T values and dQ is its own
+// product, summed in a fixed order, so the backward is bitwise reproducible.
+// That graph difference is the backend's signal (cudnn-frontend builds the
+// same two graphs: "non-virtual dQ_accum is how the backend API signals" the
+// atomic algorithm, and its set_deterministic_algorithm forces the dP
+// workspace one). The deterministic choice also skips any engine cuDNN marks
+// CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC, and is refused on compute
+// capability 10 and later, where cudnn-frontend pins a specific engine
+// configuration this file does not build.
+//
+// Plans are built once per (B, T, C, NH) and cached with the descriptors
+// they were built from.
 #include <cudnn.h>
 
 #include <algorithm>
@@ -33,13 +46,9 @@
 
 #include "core/error.hpp"
 #include "kernels/cuda/attention.cuh"
+#include "kernels/cuda/growing_buffer.cuh"
 
 namespace emix::cuda {
-
-void fail_cublas(cublasStatus_t status, const char* what, const char* file, int line) {
-  fail("cuBLAS error {} in {} at {}:{}", cublasGetStatusString(status), what, file, line);
-}
-
 namespace {
 
 using Dims = std::array<int64_t, 4>;
@@ -182,8 +191,9 @@ class GraphBuilder {
   }
 
   // The operation graph, the heuristics' engine configurations in order, and
-  // the first of them that finalizes into a plan.
-  Plan build() {
+  // the first of them that finalizes into a plan; with `deterministic`, the
+  // first that cuDNN does not mark nondeterministic.
+  Plan build(bool deterministic) {
     Descriptor& graph = add(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_);
     set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops_.size()),
@@ -195,10 +205,15 @@ class GraphBuilder {
     // next candidate; the last status is what the error reports.
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
     size_t proposed = 0;
+    size_t nondeterministic = 0;
     for (const cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
       std::vector<std::unique_ptr<Descriptor>> configs = engine_configs(graph_descriptor, mode, &last);
       proposed += configs.size();
       for (std::unique_ptr<Descriptor>& config : configs) {
+        if (deterministic && marked_nondeterministic(config->get())) {
+          ++nondeterministic;
+          continue;
+        }
         auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, where_);
         const cudnnBackendDescriptor_t config_descriptor = config->get();
         set(*plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_);
@@ -218,6 +233,12 @@ class GraphBuilder {
         result.descriptors.push_back(std::move(config));
         return result;
       }
+    }
+    if (nondeterministic > 0 && nondeterministic == proposed) {
+      fail("cuDNN attention ({}) found no deterministic engine: cuDNN marks all {} engine configurations its "
+           "heuristics proposed CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC (set cuda.deterministic false, or "
+           "cuda.attention \"reference\")",
+           where_, proposed);
     }
     fail_cudnn(is_not_supported(last) || proposed == 0 ? CUDNN_STATUS_NOT_SUPPORTED : last, where_,
                proposed == 0 ? "finding an engine (the heuristics proposed none)"
@@ -255,6 +276,23 @@ class GraphBuilder {
                 where_, "reading the engine heuristics' results");
     configs.resize(static_cast<size_t>(std::min(returned, count)));
     return configs;
+  }
+
+  // Whether cuDNN lists CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC among the
+  // numerical notes of the configuration's engine.
+  bool marked_nondeterministic(cudnnBackendDescriptor_t config) {
+    Descriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR, where_);
+    cudnnBackendDescriptor_t engine_descriptor = engine.get();
+    int64_t count = 0;
+    check_cudnn(cudnnBackendGetAttribute(config, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &count,
+                                         &engine_descriptor),
+                where_, "reading an engine configuration's engine");
+    std::array<cudnnBackendNumericalNote_t, CUDNN_NUMERICAL_NOTE_TYPE_COUNT> notes{};
+    check_cudnn(cudnnBackendGetAttribute(engine_descriptor, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                         static_cast<int64_t>(notes.size()), &count, notes.data()),
+                where_, "reading an engine's numerical notes");
+    const auto end = notes.begin() + std::clamp<int64_t>(count, 0, static_cast<int64_t>(notes.size()));
+    return std::find(notes.begin(), end, CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) != end;
   }
 
   Descriptor& add(cudnnBackendDescriptorType_t type) {
@@ -307,7 +345,7 @@ enum TensorId : int64_t {
   kDK,
   kDV,
   kRowDotSum,  // Σ_d dO·O per row (workspace)
-  kDQAccum,    // dQ in fp32 (workspace)
+  kDQAccum,    // dQ in fp32 (workspace; the atomic, nondeterministic backward only)
   kScale,
   kNegativeInfinity,
   kOne,
@@ -335,12 +373,30 @@ struct Shape {
   std::string describe() const { return fmt::format("B={} T={} C={} NH={}", B, T, C, NH); }
 };
 
+// The compute capability's major number of the current device.
+int compute_capability_major() {
+  int device = 0;
+  int major = 0;
+  EMIX_CUDA_CHECK(cudaGetDevice(&device));
+  EMIX_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major;
+}
+
 class CudnnAttention final : public Attention {
  public:
-  CudnnAttention() { check_cudnn(cudnnCreate(&handle_), "creating the handle", "cudnnCreate"); }
+  explicit CudnnAttention(bool deterministic) : deterministic_(deterministic) {
+    const int major = deterministic_ ? compute_capability_major() : 0;
+    if (major >= 10) {
+      fail(
+          "cuDNN attention with a deterministic backward is not supported here on compute capability {}.x: cuDNN "
+          "needs a pinned engine configuration there that this backend does not build (set cuda.deterministic "
+          "false, or cuda.attention \"reference\")",
+          major);
+    }
+    check_cudnn(cudnnCreate(&handle_), "creating the handle", "cudnnCreate");
+  }
   ~CudnnAttention() override {
     plans_.clear();  // descriptors before the handle they were built with
-    cudaFree(workspace_);
     cudnnDestroy(handle_);
   }
   CudnnAttention(const CudnnAttention&) = delete;
@@ -356,7 +412,7 @@ class CudnnAttention final : public Attention {
     Plans& plans = plans_for(s);
     if (!plans.forward) plans.forward = std::make_unique<Plan>(build_forward(s));
     const Plan& plan = *plans.forward;
-    void* workspace = workspace_of(aligned(static_cast<size_t>(plan.workspace_bytes)));
+    void* workspace = workspace_.get(aligned(static_cast<size_t>(plan.workspace_bytes)), stream);
     const std::vector<int64_t> uids = {kQ, kK, kV, kO, kStats, kScale, kNegativeInfinity};
     const std::vector<void*> pointers = {
         const_cast<bf16*>(qkv), const_cast<bf16*>(qkv + C), const_cast<bf16*>(qkv + 2 * C), out, saved, &scale_,
@@ -370,30 +426,34 @@ class CudnnAttention final : public Attention {
     Plans& plans = plans_for(s);
     if (!plans.backward) plans.backward = std::make_unique<Plan>(build_backward(s));
     const Plan& plan = *plans.backward;
-    // [plan's own workspace | row dot sums | fp32 dQ]
+    // [plan's own workspace | row dot sums | fp32 dQ (the atomic backward only)]
     const size_t plan_bytes = aligned(static_cast<size_t>(plan.workspace_bytes));
     const size_t row_dot_sum_bytes = aligned(s.row_dot_sum_bytes());
-    char* workspace = static_cast<char*>(workspace_of(plan_bytes + row_dot_sum_bytes + s.dq_accum_bytes()));
+    const size_t dq_accum_bytes = deterministic_ ? 0 : s.dq_accum_bytes();
+    char* workspace = workspace_.get(plan_bytes + row_dot_sum_bytes + dq_accum_bytes, stream);
     char* row_dot_sum = workspace + plan_bytes;
-    char* dq_accum = row_dot_sum + row_dot_sum_bytes;
-    // cuDNN accumulates dQ into this buffer (before 9.6 it did not zero it).
-    EMIX_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, s.dq_accum_bytes(), stream));
-    const std::vector<int64_t> uids = {
-        kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kRowDotSum, kDQAccum, kScale, kNegativeInfinity, kOne};
-    const std::vector<void*> pointers = {const_cast<bf16*>(qkv),
-                                         const_cast<bf16*>(qkv + C),
-                                         const_cast<bf16*>(qkv + 2 * C),
-                                         const_cast<bf16*>(out),
-                                         const_cast<bf16*>(dout),
-                                         const_cast<void*>(saved),
-                                         dqkv,
-                                         dqkv + C,
-                                         dqkv + 2 * C,
-                                         row_dot_sum,
-                                         dq_accum,
-                                         &scale_,
-                                         &negative_infinity_,
-                                         &one_};
+    std::vector<int64_t> uids = {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kRowDotSum,
+                                 kScale, kNegativeInfinity, kOne};
+    std::vector<void*> pointers = {const_cast<bf16*>(qkv),
+                                   const_cast<bf16*>(qkv + C),
+                                   const_cast<bf16*>(qkv + 2 * C),
+                                   const_cast<bf16*>(out),
+                                   const_cast<bf16*>(dout),
+                                   const_cast<void*>(saved),
+                                   dqkv,
+                                   dqkv + C,
+                                   dqkv + 2 * C,
+                                   row_dot_sum,
+                                   &scale_,
+                                   &negative_infinity_,
+                                   &one_};
+    if (!deterministic_) {
+      char* dq_accum = row_dot_sum + row_dot_sum_bytes;
+      // cuDNN accumulates dQ into this buffer (before 9.6 it did not zero it).
+      EMIX_CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_accum_bytes, stream));
+      uids.push_back(kDQAccum);
+      pointers.push_back(dq_accum);
+    }
     execute(plan, uids, pointers, workspace, stream, s);
   }
 
@@ -415,17 +475,6 @@ class CudnnAttention final : public Attention {
   }
 
   Plans& plans_for(const Shape& s) { return plans_[std::make_tuple(s.B, s.T, s.C, s.NH)]; }
-
-  void* workspace_of(size_t bytes) {
-    if (bytes > workspace_bytes_) {
-      EMIX_CUDA_CHECK(cudaFree(workspace_));
-      workspace_ = nullptr;
-      workspace_bytes_ = 0;
-      EMIX_CUDA_CHECK(cudaMalloc(&workspace_, bytes));
-      workspace_bytes_ = bytes;
-    }
-    return workspace_;
-  }
 
   Plan build_forward(const Shape& s) {
     GraphBuilder g(handle_, "forward, " + s.describe());
@@ -458,7 +507,7 @@ class CudnnAttention final : public Attention {
     auto probabilities = g.intermediate(CUDNN_DATA_BFLOAT16, s.scores());
     g.pointwise(CUDNN_POINTWISE_DIV, probabilities, exps, row_sum);
     g.matmul(probabilities, v, o);
-    return g.build();
+    return g.build(deterministic_);
   }
 
   Plan build_backward(const Shape& s) {
@@ -475,7 +524,6 @@ class CudnnAttention final : public Attention {
     auto dk = g.tensor(kDK, CUDNN_DATA_BFLOAT16, s.heads(), s.qkv_strides(), false);
     auto dv = g.tensor(kDV, CUDNN_DATA_BFLOAT16, s.heads(), s.qkv_strides(), false);
     auto row_dot_sum = g.tensor(kRowDotSum, CUDNN_DATA_FLOAT, s.rows(), s.row_strides(), false);
-    auto dq_accum = g.tensor(kDQAccum, CUDNN_DATA_FLOAT, s.heads(), {s.NH * s.T * s.hs, s.T * s.hs, s.hs, 1}, false);
     auto scale = g.scalar(kScale);
     auto negative_infinity = g.scalar(kNegativeInfinity);
     auto one = g.scalar(kOne);
@@ -518,12 +566,20 @@ class CudnnAttention final : public Attention {
     g.reshape(dscores, dscores_t);
     g.matmul(dscores_t, q, dk);
 
-    // dQ = dS·K, accumulated in fp32, then rounded into dqkv.
+    // dQ = dS·K: straight into dqkv (the deterministic dP-workspace
+    // algorithm), or accumulated in fp32 and then rounded into dqkv (the
+    // atomic one); see the file comment.
     auto k = g.intermediate(CUDNN_DATA_BFLOAT16, s.heads(), s.qkv_strides());
     g.reshape(kt, k);
-    g.matmul(dscores, k, dq_accum);
-    g.pointwise(CUDNN_POINTWISE_IDENTITY, dq, dq_accum);
-    return g.build();
+    if (deterministic_) {
+      g.matmul(dscores, k, dq);
+    } else {
+      auto dq_accum =
+          g.tensor(kDQAccum, CUDNN_DATA_FLOAT, s.heads(), {s.NH * s.T * s.hs, s.T * s.hs, s.hs, 1}, false);
+      g.matmul(dscores, k, dq_accum);
+      g.pointwise(CUDNN_POINTWISE_IDENTITY, dq, dq_accum);
+    }
+    return g.build(deterministic_);
   }
 
   void execute(const Plan& plan, const std::vector<int64_t>& uids, const std::vector<void*>& pointers, void* workspace,
@@ -544,10 +600,10 @@ class CudnnAttention final : public Attention {
     check_cudnn(cudnnBackendExecute(handle_, plan.plan->get(), pack.get()), where, "cudnnBackendExecute");
   }
 
+  bool deterministic_;
   cudnnHandle_t handle_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Plans> plans_;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  GrowingBuffer<char> workspace_;
   // Scalars passed by value: the variant pack points at them.
   float scale_ = 1.0f;
   float negative_infinity_ = -std::numeric_limits<float>::infinity();
@@ -556,6 +612,8 @@ class CudnnAttention final : public Attention {
 
 }  // namespace
 
-std::unique_ptr<Attention> make_cudnn_attention() { return std::make_unique<CudnnAttention>(); }
+std::unique_ptr<Attention> make_cudnn_attention(bool deterministic) {
+  return std::make_unique<CudnnAttention>(deterministic);
+}
 
 }  // namespace emix::cuda

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cuda/encoder.cuh"
+#include "kernels/cuda/growing_buffer.cuh"
 
 namespace emix::cuda {
 
@@ -94,30 +95,15 @@ void encoder_forward(bf16* out, const int32_t* inputs, const bf16* wte, const bf
 // recorded after the kernels: the next call waits on it before rewriting
 // either copy of the table.
 struct EncoderBackward::Scratch {
-  int32_t* host_table = nullptr;
-  int32_t* device_table = nullptr;
-  size_t capacity = 0;  // int32s in each table
+  GrowingBuffer<int32_t, Memory::pinned_host> host_table;
+  GrowingBuffer<int32_t> device_table;
   std::vector<int32_t> cursor;  // per token id: its count, then where its next position goes
   cudaEvent_t table_in_use = nullptr;
 
   Scratch() { EMIX_CUDA_CHECK(cudaEventCreateWithFlags(&table_in_use, cudaEventDisableTiming)); }
   ~Scratch() {
     cudaEventSynchronize(table_in_use);
-    cudaFreeHost(host_table);
-    cudaFree(device_table);
     cudaEventDestroy(table_in_use);
-  }
-
-  void reserve(size_t ints) {
-    if (ints <= capacity) return;
-    EMIX_CUDA_CHECK(cudaFreeHost(host_table));
-    host_table = nullptr;
-    EMIX_CUDA_CHECK(cudaFree(device_table));
-    device_table = nullptr;
-    capacity = 0;
-    EMIX_CUDA_CHECK(cudaMallocHost(&host_table, ints * sizeof(int32_t)));
-    EMIX_CUDA_CHECK(cudaMalloc(&device_table, ints * sizeof(int32_t)));
-    capacity = ints;
   }
 };
 
@@ -143,8 +129,10 @@ void EncoderBackward::run(bf16* dwte, bf16* dwpe, const bf16* dout, const int32_
 
   // The previous call's kernels must be done with the table before it changes.
   EMIX_CUDA_CHECK(cudaEventSynchronize(s.table_in_use));
-  s.reserve(static_cast<size_t>(N) + 2 * static_cast<size_t>(groups) + 1);
-  int32_t* positions = s.host_table;
+  const size_t table_ints = static_cast<size_t>(N) + 2 * static_cast<size_t>(groups) + 1;
+  int32_t* host_table = s.host_table.get(table_ints, stream);
+  int32_t* device_table = s.device_table.get(table_ints, stream);
+  int32_t* positions = host_table;
   int32_t* tokens = positions + N;
   int32_t* offsets = tokens + groups;
   int group = 0;
@@ -161,9 +149,9 @@ void EncoderBackward::run(bf16* dwte, bf16* dwpe, const bf16* dout, const int32_
   offsets[groups] = N;
   for (int n = 0; n < N; ++n) positions[s.cursor[host_inputs[n]]++] = n;
 
-  const size_t table_bytes = (static_cast<size_t>(N) + 2 * static_cast<size_t>(groups) + 1) * sizeof(int32_t);
-  EMIX_CUDA_CHECK(cudaMemcpyAsync(s.device_table, s.host_table, table_bytes, cudaMemcpyHostToDevice, stream));
-  const int32_t* device_positions = s.device_table;
+  EMIX_CUDA_CHECK(
+      cudaMemcpyAsync(device_table, host_table, table_ints * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+  const int32_t* device_positions = device_table;
   const int32_t* device_tokens = device_positions + N;
   const int32_t* device_offsets = device_tokens + groups;
 

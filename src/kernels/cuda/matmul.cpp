@@ -1,5 +1,6 @@
-// Linear layers through cuBLASLt (interface: matmul.cuh). bf16 A, B, C and D,
-// fp32 accumulation (CUBLAS_COMPUTE_32F) and fp32 alpha/beta.
+// Linear layers through cuBLASLt (interface: matmul.cuh). bf16 A, B, C and D
+// (fp32 C and D for the batched products), fp32 accumulation
+// (CUBLAS_COMPUTE_32F) and fp32 alpha/beta.
 //
 // cuBLASLt is column-major; our matrices are row-major. A row-major [R, C]
 // array with row stride C is, as the same bytes, the column-major C × R
@@ -19,11 +20,17 @@
 // multiple of 8; otherwise, or where no algorithm offers the fused epilogue,
 // the GELU runs as its own kernel (gelu.cuh) after a plain product.
 //
+// The reference attention's per-head products (batched()) go through the
+// same path with fp32 D and every layout strided-batched
+// (CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET).
+//
 // Descriptors, layouts and the heuristic's algorithm are built once per
-// (product, N, IC, OC, epilogue, operand alignments) and kept, so a
-// steady-state call sets the epilogue pointers and launches. The workspace and
-// the bias-gradient scratch are shared by all calls: calls on one Matmul must
-// be ordered on one stream.
+// (product, GEMM shape with leading dimensions and batch strides, epilogue,
+// operand alignments) and kept, so a steady-state call sets the epilogue
+// pointers and launches; the same algorithm every time also keeps the sums'
+// order, and so the bits, the same from run to run. The workspace and the
+// bias-gradient scratch are shared by all calls: calls on one Matmul must be
+// ordered on one stream.
 #include "kernels/cuda/matmul.cuh"
 
 #include <cublasLt.h>
@@ -36,6 +43,7 @@
 
 #include "core/error.hpp"
 #include "kernels/cuda/gelu.cuh"
+#include "kernels/cuda/growing_buffer.cuh"
 #include "kernels/cuda/matmul_bias_grad.cuh"
 
 namespace emix::cuda {
@@ -43,24 +51,64 @@ namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
-enum class Product : uint8_t { forward, backward_data, backward_weight };
+enum class Product : uint8_t { forward, backward_data, backward_weight, batched };
 
 const char* product_name(Product product) {
   switch (product) {
     case Product::forward: return "forward out = inp·Wᵀ";
     case Product::backward_data: return "backward dinp = dout·W";
     case Product::backward_weight: return "backward dweight += doutᵀ·inp";
+    case Product::batched: return "strided-batched product (reference attention)";
   }
   return "?";
 }
 
+// The product as cuBLASLt sees it (see the file comment): D = op(A)·op(B)
+// (+ beta·D), m × n with k summed, operands column-major with leading
+// dimensions lda, ldb, ldd; `batch` such products, member i of each operand
+// stride_* elements after member i − 1 (batch 1: a single product).
+struct Gemm {
+  cublasOperation_t op_a, op_b;
+  int m, n, k;
+  int64_t lda, ldb, ldd;
+  cudaDataType_t type_d;
+  float beta;
+  int batch;
+  int64_t stride_a, stride_b, stride_d;
+  bool operator==(const Gemm&) const = default;
+
+  // Rows and columns of A and B as stored.
+  int rows_a() const { return op_a == CUBLAS_OP_N ? m : k; }
+  int cols_a() const { return op_a == CUBLAS_OP_N ? k : m; }
+  int rows_b() const { return op_b == CUBLAS_OP_N ? k : n; }
+  int cols_b() const { return op_b == CUBLAS_OP_N ? n : k; }
+};
+
+// A linear layer's product: one bf16 product, operands stored with ld = rows.
+Gemm linear_gemm(Product product, int N, int IC, int OC) {
+  const auto single = [](cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, float beta) {
+    Gemm g{op_a, op_b, m, n, k, 0, 0, m, CUDA_R_16BF, beta, 1, 0, 0, 0};
+    g.lda = g.rows_a();
+    g.ldb = g.rows_b();
+    return g;
+  };
+  switch (product) {
+    case Product::forward: return single(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, 0.0f);
+    case Product::backward_data: return single(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, 0.0f);
+    case Product::backward_weight: return single(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, 1.0f);
+    case Product::batched: break;
+  }
+  fail("linear_gemm: not a linear layer's product");
+}
+
 // Everything a cached plan depends on. Alignments are log2 of the largest
-// power of two (up to 256 bytes) dividing each pointer: the heuristic picks
+// power of two (up to 256 bytes) dividing each operand's address and, for a
+// batch, its stride in bytes (every member's address): the heuristic picks
 // algorithms for the alignment it is told, so a plan is reused only for
-// pointers aligned at least as well.
+// operands aligned at least as well.
 struct PlanKey {
   Product product;
-  int N, IC, OC;
+  Gemm gemm;
   cublasLtEpilogue_t epilogue;
   uint8_t align_a, align_b, align_d, align_bias, align_aux;
   bool operator==(const PlanKey&) const = default;
@@ -68,8 +116,12 @@ struct PlanKey {
 
 struct PlanKeyHash {
   size_t operator()(const PlanKey& key) const {
+    const Gemm& g = key.gemm;
     uint64_t h = static_cast<uint64_t>(key.product);
-    for (uint64_t part : {uint64_t(key.N), uint64_t(key.IC), uint64_t(key.OC), uint64_t(key.epilogue),
+    for (uint64_t part : {uint64_t(g.op_a) | uint64_t(g.op_b) << 8 | uint64_t(g.type_d) << 16, uint64_t(g.m),
+                          uint64_t(g.n), uint64_t(g.k), uint64_t(g.lda), uint64_t(g.ldb), uint64_t(g.ldd),
+                          uint64_t(std::bit_cast<uint32_t>(g.beta)), uint64_t(g.batch), uint64_t(g.stride_a),
+                          uint64_t(g.stride_b), uint64_t(g.stride_d), uint64_t(key.epilogue),
                           uint64_t(key.align_a) | uint64_t(key.align_b) << 8 | uint64_t(key.align_d) << 16 |
                               uint64_t(key.align_bias) << 24 | uint64_t(key.align_aux) << 32}) {
       h = (h ^ part) * 0x100000001b3ull;  // FNV-1a style mixing
@@ -78,27 +130,12 @@ struct PlanKeyHash {
   }
 };
 
-uint8_t alignment_log2(const void* pointer) {
-  const auto address = reinterpret_cast<uintptr_t>(pointer);
-  return static_cast<uint8_t>(address == 0 ? 8 : std::min(std::countr_zero(address), 8));
+uint8_t alignment_log2(const void* pointer, int64_t stride_bytes = 0) {
+  const auto bits = reinterpret_cast<uintptr_t>(pointer) | static_cast<uintptr_t>(stride_bytes);
+  return static_cast<uint8_t>(bits == 0 ? 8 : std::min(std::countr_zero(bits), 8));
 }
 
-// The product as cuBLASLt sees it (see the file comment).
-struct Gemm {
-  cublasOperation_t op_a, op_b;
-  int m, n, k;
-  int rows_a, cols_a, rows_b, cols_b;  // as stored, column-major, ld = rows
-  float beta;
-};
-
-Gemm gemm_for(Product product, int N, int IC, int OC) {
-  switch (product) {
-    case Product::forward: return {CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, IC, OC, IC, N, 0.0f};
-    case Product::backward_data: return {CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, IC, OC, OC, N, 0.0f};
-    case Product::backward_weight: return {CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, IC, N, OC, N, 1.0f};
-  }
-  fail("unknown matmul product");
-}
+size_t element_bytes(cudaDataType_t type) { return type == CUDA_R_32F ? 4 : 2; }
 
 bool uses_bias(cublasLtEpilogue_t epilogue) {
   return epilogue == CUBLASLT_EPILOGUE_BIAS || epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
@@ -120,9 +157,9 @@ const char* epilogue_name(cublasLtEpilogue_t epilogue) {
 }
 
 std::string describe(const PlanKey& key) {
-  const Gemm g = gemm_for(key.product, key.N, key.IC, key.OC);
-  return fmt::format("Matmul {} with N={}, IC={}, OC={} (GEMM m={} n={} k={}, epilogue: {})", product_name(key.product),
-                     key.N, key.IC, key.OC, g.m, g.n, g.k, epilogue_name(key.epilogue));
+  const Gemm& g = key.gemm;
+  return fmt::format("Matmul {} (GEMM m={} n={} k={}{}, epilogue: {})", product_name(key.product), g.m, g.n, g.k,
+                     g.batch > 1 ? fmt::format(", batch of {}", g.batch) : std::string(), epilogue_name(key.epilogue));
 }
 
 void check_cublas(cublasStatus_t status, const char* call, const PlanKey* key) {
@@ -163,8 +200,7 @@ void set_attribute(const PlanKey& key, cublasLtMatmulDesc_t desc, cublasLtMatmul
 struct Matmul::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
-  float* bias_scratch = nullptr;
-  size_t bias_scratch_floats = 0;
+  GrowingBuffer<float> bias_scratch;
   // A null plan: no algorithm offers this fused epilogue (callers fall back).
   std::unordered_map<PlanKey, std::unique_ptr<Plan>, PlanKeyHash> plans;
 
@@ -178,15 +214,26 @@ struct Matmul::Impl {
   }
   ~Impl() {
     plans.clear();
-    cudaFree(bias_scratch);
     cudaFree(workspace);
     cublasLtDestroy(handle);
+  }
+
+  // A matrix layout, strided-batched when the product is a batch.
+  void make_layout(const PlanKey& key, cublasLtMatrixLayout_t* layout, cudaDataType_t type, int rows, int cols,
+                   int64_t ld, int64_t stride) {
+    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutCreate, layout, type, rows, cols, ld);
+    if (key.gemm.batch == 1) return;
+    const int32_t batch = key.gemm.batch;
+    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutSetAttribute, *layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch,
+                  sizeof(batch));
+    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutSetAttribute, *layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                  sizeof(stride));
   }
 
   // Builds the plan; null where the epilogue is fused (GELU) and no algorithm
   // supports it. bias and aux are the pointers the heuristic judges alignment by.
   std::unique_ptr<Plan> make_plan(const PlanKey& key, const void* bias, const void* aux) {
-    const Gemm g = gemm_for(key.product, key.N, key.IC, key.OC);
+    const Gemm& g = key.gemm;
     auto plan = std::make_unique<Plan>();
     plan->beta = g.beta;
     EMIX_CUBLASLT(&key, cublasLtMatmulDescCreate, &plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
@@ -199,9 +246,9 @@ struct Matmul::Impl {
       set_attribute(key, plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux);
       set_attribute(key, plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, static_cast<int64_t>(g.m));
     }
-    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutCreate, &plan->layout_a, CUDA_R_16BF, g.rows_a, g.cols_a, g.rows_a);
-    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutCreate, &plan->layout_b, CUDA_R_16BF, g.rows_b, g.cols_b, g.rows_b);
-    EMIX_CUBLASLT(&key, cublasLtMatrixLayoutCreate, &plan->layout_d, CUDA_R_16BF, g.m, g.n, g.m);
+    make_layout(key, &plan->layout_a, CUDA_R_16BF, g.rows_a(), g.cols_a(), g.lda, g.stride_a);
+    make_layout(key, &plan->layout_b, CUDA_R_16BF, g.rows_b(), g.cols_b(), g.ldb, g.stride_b);
+    make_layout(key, &plan->layout_d, g.type_d, g.m, g.n, g.ldd, g.stride_d);
 
     cublasLtMatmulPreference_t raw_preference = nullptr;
     EMIX_CUBLASLT(&key, cublasLtMatmulPreferenceCreate, &raw_preference);
@@ -233,16 +280,15 @@ struct Matmul::Impl {
 
   // D = op(A)·op(B) (+ beta·D) with the given epilogue. Returns false, having
   // done nothing, when the epilogue is a fused GELU that no algorithm offers.
-  bool run(Product product, cublasLtEpilogue_t epilogue, int N, int IC, int OC, const bf16* a, const bf16* b, bf16* d,
-           const bf16* bias, const void* aux, cudaStream_t stream) {
+  bool run_gemm(Product product, const Gemm& g, cublasLtEpilogue_t epilogue, const bf16* a, const bf16* b, void* d,
+                const bf16* bias, const void* aux, cudaStream_t stream) {
+    const auto stride_bytes = [&](int64_t stride, size_t element) { return stride * static_cast<int64_t>(element); };
     const PlanKey key{product,
-                      N,
-                      IC,
-                      OC,
+                      g,
                       epilogue,
-                      alignment_log2(a),
-                      alignment_log2(b),
-                      alignment_log2(d),
+                      alignment_log2(a, stride_bytes(g.stride_a, sizeof(bf16))),
+                      alignment_log2(b, stride_bytes(g.stride_b, sizeof(bf16))),
+                      alignment_log2(d, stride_bytes(g.stride_d, element_bytes(g.type_d))),
                       uses_bias(epilogue) ? alignment_log2(bias) : uint8_t{0},
                       uses_aux(epilogue) ? alignment_log2(aux) : uint8_t{0}};
     auto found = plans.find(key);
@@ -257,18 +303,10 @@ struct Matmul::Impl {
     return true;
   }
 
-  float* scratch_for_bias_grad(int N, int OC, cudaStream_t stream) {
-    const size_t needed = bias_grad_scratch_floats(N, OC);
-    if (needed > bias_scratch_floats) {
-      // Earlier kernels on the stream may still read the old buffer.
-      EMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
-      EMIX_CUDA_CHECK(cudaFree(bias_scratch));
-      bias_scratch = nullptr;
-      bias_scratch_floats = 0;
-      EMIX_CUDA_CHECK(cudaMalloc(&bias_scratch, needed * sizeof(float)));
-      bias_scratch_floats = needed;
-    }
-    return bias_scratch;
+  // A linear layer's product (see run_gemm).
+  bool run(Product product, cublasLtEpilogue_t epilogue, int N, int IC, int OC, const bf16* a, const bf16* b, bf16* d,
+           const bf16* bias, const void* aux, cudaStream_t stream) {
+    return run_gemm(product, linear_gemm(product, N, IC, OC), epilogue, a, b, d, bias, aux, stream);
   }
 };
 
@@ -300,7 +338,28 @@ void Matmul::backward(bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, 
   }
   impl_->run(Product::backward_weight, CUBLASLT_EPILOGUE_DEFAULT, N, IC, OC, inp, dout, dweight, nullptr, nullptr,
              stream);
-  if (dbias != nullptr) bias_grad_accumulate(dbias, impl_->scratch_for_bias_grad(N, OC, stream), dout, N, OC, stream);
+  if (dbias != nullptr) {
+    float* scratch = impl_->bias_scratch.get(bias_grad_scratch_floats(N, OC), stream);
+    bias_grad_accumulate(dbias, scratch, dout, N, OC, stream);
+  }
+}
+
+void Matmul::batched(const Batched& p, const bf16* a, const bf16* b, float* c, cudaStream_t stream) {
+  const Gemm g{p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+               p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+               p.m,
+               p.n,
+               p.k,
+               p.lda,
+               p.ldb,
+               p.ldc,
+               CUDA_R_32F,
+               0.0f,
+               p.batch,
+               p.stride_a,
+               p.stride_b,
+               p.stride_c};
+  impl_->run_gemm(Product::batched, g, CUBLASLT_EPILOGUE_DEFAULT, a, b, c, nullptr, nullptr, stream);
 }
 
 }  // namespace emix::cuda

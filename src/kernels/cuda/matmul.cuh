@@ -3,7 +3,9 @@
 // [OC, IC] (PyTorch's and the CPU backend's layout), bf16 operands, fp32
 // accumulation. Bias and GELU are fused into the product's epilogue where
 // cuBLASLt offers it; descriptors and algorithm choices are cached per
-// shape, so steady-state calls only launch.
+// shape, so steady-state calls only launch. The same cache serves the
+// strided-batched products of the reference attention (batched()).
+#include <cstdint>
 #include <memory>
 
 #include "kernels/cuda/common.cuh"
@@ -28,6 +30,20 @@ class Matmul {
   // (deterministic). Any accumulation is into the existing bf16 values.
   void backward(bf16* dinp, bf16* dweight, bf16* dbias, const bf16* dout, const bf16* inp, const bf16* weight, int N,
                 int IC, int OC, const bf16* pre_gelu, cudaStream_t stream);
+
+  // `batch` independent products c = op(a)·op(b), each m × n with k summed,
+  // in cuBLAS's column-major convention (a row-major [R, C] array is the
+  // column-major C × R matrix with leading dimension C). Member i of each
+  // operand starts stride_* elements after member i − 1. bf16 a and b, fp32
+  // c (overwritten), fp32 accumulation.
+  struct Batched {
+    bool transpose_a, transpose_b;
+    int m, n, k;
+    int64_t lda, ldb, ldc;
+    int64_t stride_a, stride_b, stride_c;
+    int batch;
+  };
+  void batched(const Batched& product, const bf16* a, const bf16* b, float* c, cudaStream_t stream);
 
  private:
   struct Impl;

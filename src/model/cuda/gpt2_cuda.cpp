@@ -175,7 +175,8 @@ Gpt2Cuda::Gpt2Cuda(const ModelConfig& config, Gpt2CudaOptions options)
   params_ = device_alloc<bf16>(P);
   grads_ = device_alloc<bf16>(P);
   acts_ = std::make_unique<Activations>();
-  acts_->attention = options_.attention == AttentionKind::cudnn ? make_cudnn_attention() : make_reference_attention();
+  acts_->attention = options_.attention == AttentionKind::cudnn ? make_cudnn_attention(options_.deterministic)
+                                                                : make_reference_attention();
 }
 
 Gpt2Cuda::~Gpt2Cuda() {

@@ -33,6 +33,9 @@ enum class Recompute { none, gelu, gelu_layernorm };
 struct Gpt2CudaOptions {
   AttentionKind attention = AttentionKind::cudnn;
   Recompute recompute = Recompute::none;
+  // cuDNN attention's bitwise reproducible backward (make_cudnn_attention);
+  // every other kernel, and our reference attention, is deterministic anyway.
+  bool deterministic = true;
 };
 
 // One line of the startup memory table.

@@ -155,9 +155,11 @@ void run_cuda_benchmark(const Config& config, int warmup, int steps) {
   const double peak = cuda::dense_bf16_peak_flops(devices[0].name);
   const std::string optimizer_name = config.optimizer.at("name").get<std::string>();
   std::printf("device                  %s\n", devices[0].name.c_str());
-  std::printf("model                   %d layers, %d channels, %d heads, %s parameters; attention %s, recompute %s\n",
+  const char* cudnn_backward = config.cuda.deterministic ? " (deterministic backward)" : " (atomic backward)";
+  std::printf("model                   %d layers, %d channels, %d heads, %s parameters; attention %s%s, recompute %s\n",
               m.n_layer, m.n_embd, m.n_head, format_count(static_cast<double>(model.num_parameters())).c_str(),
-              config.cuda.attention.c_str(), config.cuda.recompute.c_str());
+              config.cuda.attention.c_str(), config.cuda.attention == "cudnn" ? cudnn_backward : "",
+              config.cuda.recompute.c_str());
   std::printf("micro-batch             %d x %d tokens\n", B, T);
   std::printf("forward+backward        %.2f ms (median of %d)\n", step_ms, steps);
   // Kernel groups: timed in one more step with an event after each

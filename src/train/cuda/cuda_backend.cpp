@@ -130,6 +130,7 @@ cuda::Gpt2CudaOptions gpt2_cuda_options(const CudaConfig& config) {
   options.attention = config.attention == "reference" ? cuda::AttentionKind::reference : cuda::AttentionKind::cudnn;
   if (config.recompute == "gelu") options.recompute = cuda::Recompute::gelu;
   if (config.recompute == "gelu+layernorm") options.recompute = cuda::Recompute::gelu_layernorm;
+  options.deterministic = config.deterministic;
   return options;
 }
 
