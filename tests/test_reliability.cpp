@@ -1,6 +1,10 @@
 // The trainer under faults: non-finite steps are skipped (and too many in a
-// row stop the run after a checkpoint), the wall-clock limit stops cleanly,
-// a failed save keeps the previous checkpoint, milestones survive pruning.
+// row stop the run after a checkpoint), loss and gradient-norm outliers are
+// skipped, the wall-clock limit stops cleanly, a failed save (a file size
+// limit, a real full disk, a checkpoint that does not verify) keeps the
+// previous checkpoint, a full disk under the metrics file and a token id
+// outside the vocabulary stop the run with a checkpoint of the last completed
+// step, milestones survive pruning.
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -8,9 +12,13 @@
 
 #include <cmath>
 #include <csignal>
+#include <regex>
+#include <sstream>
 
 #include "checkpoint/checkpoint.hpp"
 #include "core/error.hpp"
+#include "core/file_io.hpp"
+#include "data/shard.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
 #include "train/signals.hpp"
@@ -84,6 +92,47 @@ TEST(Reliability, LossSpikesAreSkippedAsOutliers) {
   const auto& history = trainer.history();
   for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i == 30) << "step " << i + 1;
   EXPECT_TRUE(std::isfinite(history[30].loss));
+}
+
+// The gradient norm alone spikes: layer norm 1's gain and bias are scaled by
+// 2^-16 and the QKV weights that read its output by 2^16 in every block.
+// The function the model computes is unchanged (power-of-two scaling is
+// exact), so the loss is exactly what it would have been, but the gain's
+// gradient is 65536 times larger.
+TEST(Reliability, GradientNormSpikesAreSkippedAsOutliersWhenTheLossIsNormal) {
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "run");
+  json["training"]["steps"] = 40;
+  json["training"]["outlier_zscore"] = 6.0;
+  json["training"]["outlier_window"] = 20;
+  Trainer trainer(Config::from_json(json));
+  trainer.run(30);
+  const float val_loss = trainer.evaluate();
+  auto params = trainer.backend().weights();
+  std::vector<float> saved(params.begin(), params.end());
+  const ParameterLayout& layout = trainer.backend().layout();
+  auto scale = [&](const std::string& name, float factor) {
+    const TensorInfo& tensor = layout.find(name);
+    for (size_t i = tensor.offset; i < tensor.offset + tensor.count; ++i) params[i] *= factor;
+  };
+  scale("ln1w", 0x1p-16f);
+  scale("ln1b", 0x1p-16f);
+  scale("qkvw", 0x1p16f);
+  ASSERT_EQ(trainer.evaluate(), val_loss);  // the same function
+  trainer.run(31);
+  std::copy(saved.begin(), saved.end(), params.begin());
+  ASSERT_TRUE(trainer.run());
+  const auto& history = trainer.history();
+  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i == 30) << "step " << i + 1;
+  float highest_loss = 0.0f;
+  double highest_norm = 0.0;
+  for (size_t i = 10; i < 30; ++i) {
+    highest_loss = std::max(highest_loss, history[i].loss);
+    highest_norm = std::max(highest_norm, history[i].grad_norm);
+  }
+  EXPECT_LE(history[30].loss, highest_loss);  // a normal loss...
+  EXPECT_GT(history[30].grad_norm, 10.0 * highest_norm);  // ...and a gradient norm spike
 }
 
 TEST(Reliability, TooManyConsecutiveSkipsStopAfterACheckpoint) {
@@ -168,6 +217,222 @@ TEST(Reliability, MilestonesSurvivePruning) {
   for (const auto& path : list_checkpoints(config.checkpoint_dir())) names.push_back(path.filename().string());
   // Saved at 2, 4, 6, 8, 10 and 11; milestones are multiples of 5 among them.
   EXPECT_EQ(names, (std::vector<std::string>{"step_00000010", "step_00000011"}));
+}
+
+// `emix ARGUMENTS` as a shell command.
+std::string emix(const std::string& arguments) { return test::shell_quote(EMIX_BINARY) + " " + arguments; }
+
+std::string quote(const fs::path& path) { return test::shell_quote(path.string()); }
+
+// Writes `json` to `path`; returns `--config PATH` for emix train.
+std::string config_option(const fs::path& path, const Json& json) {
+  write_text_file_atomic(path, json.dump(2));
+  return "--config " + quote(path);
+}
+
+// `--set logging.run_dir=DIR` for emix train.
+std::string run_dir_option(const fs::path& dir) { return " --set " + test::shell_quote("logging.run_dir=" + dir.string()); }
+
+// Runs `script` with sh in a new user and mount namespace (`unshare -rm`),
+// where it is root and may mount a tmpfs that no one else sees and that
+// vanishes with it: a real small disk.
+test::ShellResult run_in_private_mount_namespace(const std::string& script) {
+  return test::run_shell("unshare -rm sh -c " + test::shell_quote(script));
+}
+
+// Why a test cannot mount a private tmpfs on this machine (no user
+// namespaces, no unshare), or "" when it can.
+std::string why_no_private_tmpfs(const fs::path& mount_point) {
+  test::ShellResult probe = run_in_private_mount_namespace("mount -t tmpfs -o size=4k tmpfs " + quote(mount_point));
+  if (probe.exit_code == 0) return "";
+  return "cannot mount a private tmpfs here (unshare -rm sh -c 'mount -t tmpfs ...' exited " +
+         std::to_string(probe.exit_code) + "): " + probe.output;
+}
+
+// Runs `command` with the directory `disk` replaced by a tmpfs of `kib` KiB,
+// then copies `disk`/run to `saved` before the tmpfs vanishes. The exit
+// status is the command's.
+test::ShellResult run_on_small_disk(const fs::path& disk, uint64_t kib, const std::string& command, const fs::path& saved) {
+  return run_in_private_mount_namespace("mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) +
+                                        " || exit 90; " + command + "; status=$?; cp -a " + quote(disk / "run") + " " +
+                                        quote(saved) + " || exit 91; exit $status");
+}
+
+// Bytes of one checkpoint of the run `json` describes, written under `scratch`.
+uint64_t checkpoint_bytes(Json json, const fs::path& scratch) {
+  json["logging"]["run_dir"] = scratch.string();
+  Trainer trainer(Config::from_json(json));
+  uint64_t bytes = 0;
+  for (const auto& entry : fs::directory_iterator(trainer.save_checkpoint())) bytes += entry.file_size();
+  return bytes;
+}
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+void expect_no_partial_checkpoint(const fs::path& dir) {
+  for (const auto& entry : fs::directory_iterator(dir)) EXPECT_FALSE(entry.path().string().ends_with(".tmp")) << entry.path();
+}
+
+// The run directory on a real disk (a tmpfs) with room for one checkpoint
+// and the logs but not for a second checkpoint: every save after the first
+// runs out of space. Periodic ones are survived, the final one fails the
+// run; the first checkpoint stays whole and resumes elsewhere.
+TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  fs::create_directory(disk);
+  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "disk/run");
+  json["training"]["steps"] = 8;
+  json["checkpoint"] = {{"interval", 2}, {"keep_last", 1}};
+  const uint64_t disk_kib = (checkpoint_bytes(json, dir / "sizing") + 4095) / 4096 * 4 + 64;
+  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const fs::path saved = dir / "saved";
+  test::ShellResult run = run_on_small_disk(disk, disk_kib, train, saved);
+
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_TRUE(contains(run.output, "checkpoint at step 4 failed, the previous ones are kept")) << run.output;
+  EXPECT_TRUE(contains(run.output, "step_00000008.tmp/rank_00000.bin: write failed after")) << run.output;
+  EXPECT_TRUE(contains(run.output, "No space left on device")) << run.output;
+  const fs::path checkpoints = saved / "checkpoints";
+  auto kept = list_checkpoints(checkpoints);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(Checkpoint::open(kept[0]).step(), 2);
+  expect_no_partial_checkpoint(checkpoints);
+
+  test::ShellResult resumed = test::run_shell(train + run_dir_option(saved) + " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "restored " + kept[0].string() + " (step 2)")) << resumed.output;
+  auto latest = open_latest_checkpoint(checkpoints);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step(), 8);
+}
+
+// The run directory on a tiny tmpfs that fills up while metrics.jsonl grows
+// (checkpoints go to a disk with room): the run stops at the step whose
+// record could not be written, with a checkpoint of that step, and resumes.
+TEST(Reliability, AFullDiskUnderTheMetricsFileStopsWithACheckpoint) {
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  fs::create_directory(disk);
+  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "disk/run");
+  const int64_t steps = 60;
+  json["training"]["steps"] = steps;
+  json["checkpoint"] = {{"dir", (dir / "checkpoints").string()}, {"keep_last", 1}};
+  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const fs::path saved = dir / "saved";
+  test::ShellResult run = run_on_small_disk(disk, 16, train, saved);
+
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_TRUE(contains(run.output, "metrics.jsonl: write failed after")) << run.output;
+  EXPECT_TRUE(contains(run.output, "No space left on device")) << run.output;
+  std::smatch stop;
+  ASSERT_TRUE(std::regex_search(run.output, stop, std::regex("stopping after step (\\d+): "))) << run.output;
+  const int64_t stopped_at = std::stoll(stop[1]);
+  EXPECT_LT(stopped_at, steps);
+  auto latest = open_latest_checkpoint(dir / "checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step(), stopped_at);
+  EXPECT_TRUE(contains(run.output, latest->path().string() + " holds step " + std::to_string(stopped_at))) << run.output;
+
+  test::ShellResult resumed = test::run_shell(train + run_dir_option(saved) + " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "(step " + std::to_string(stopped_at) + ")")) << resumed.output;
+  // A line the full disk cut short is gone; the resumed run's records follow.
+  std::istringstream lines(read_text_file(saved / "metrics.jsonl"));
+  int64_t last_step = 0;
+  for (std::string line; std::getline(lines, line);) {
+    Json record = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(record.is_discarded()) << line;
+    last_step = record.at("step").get<int64_t>();
+  }
+  EXPECT_EQ(last_step, steps);
+}
+
+// A token id outside the vocabulary deep in a shard: the step that would
+// read it stops the run before using any of its batch, with a checkpoint of
+// the step before; once the data is fixed, the run resumes from there and
+// ends exactly where a run on the fixed data from the start ends.
+TEST(Reliability, AnOutOfVocabularyIdMidRunStopsWithACheckpointOfTheLastGoodStep) {
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());  // for the validation shard
+  // 40 windows of 8 tokens, read in file order, 4 per step: token 179 is
+  // in window 22 only, which step 6 reads.
+  std::vector<uint16_t> tokens(8 * 40 + 1);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 3 + i / 7) % test::kTinyVocab);
+  const size_t bad = 179;
+  const uint16_t good_id = tokens[bad];
+  tokens[bad] = test::kTinyVocab;
+  const fs::path shard = dir / "oov_train.bin";
+  write_shard(shard, tokens);
+  Json json = test::tiny_run_config(dir, "adamw", "run");
+  json["data"]["train_shards"] = shard.string();
+  json["data"]["shuffle"] = false;
+  json["training"]["steps"] = 10;
+  json["checkpoint"]["interval"] = 2;
+  const std::string train = emix("train " + config_option(dir / "run.json", json));
+
+  test::ShellResult run = test::run_shell(train);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  const std::string vocab = std::to_string(test::kTinyVocab);
+  const std::string where = shard.string() + ": token id " + vocab + " at token " + std::to_string(bad) + " (byte offset " +
+                            std::to_string(kShardHeaderBytes + 2 * bad) + ") is not below the vocabulary size " + vocab;
+  EXPECT_TRUE(contains(run.output, "stopping after step 5: " + where)) << run.output;
+  EXPECT_TRUE(contains(run.output, "resume with --resume latest")) << run.output;
+  const fs::path checkpoints = dir / "run" / "checkpoints";
+  auto latest = open_latest_checkpoint(checkpoints);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step(), 5);
+
+  tokens[bad] = good_id;  // the user fixes the data
+  write_shard(shard, tokens);
+  test::ShellResult resumed = test::run_shell(train + " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "(step 5)")) << resumed.output;
+  test::ShellResult straight = test::run_shell(train + run_dir_option(dir / "straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  auto read_params = [](const fs::path& checkpoints_dir) {
+    auto checkpoint = open_latest_checkpoint(checkpoints_dir);
+    EXPECT_TRUE(checkpoint.has_value() && checkpoint->step() == 10) << checkpoints_dir;
+    std::vector<float> params(checkpoint ? checkpoint->tensor_count("params") : 0);
+    if (checkpoint) checkpoint->read_tensor("params", params);
+    return params;
+  };
+  EXPECT_EQ(read_params(checkpoints), read_params(dir / "straight" / "checkpoints"));
+}
+
+// A save whose files are written but whose read-back does not verify (one
+// byte flipped in between by EMIX_FAULT_CORRUPT_SAVE_AT_STEP, as a faulty
+// disk would): the run fails naming the file, the corrupt checkpoint never
+// appears, and the older one (keep_last 1) is neither pruned nor passed
+// over by --resume latest.
+TEST(Reliability, ACheckpointThatFailsVerificationNeverReplacesTheOlderOne) {
+  test::TempDir dir;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "run");
+  json["training"]["steps"] = 7;
+  json["checkpoint"] = {{"interval", 3}, {"keep_last", 1}};
+  const std::string train = emix("train " + config_option(dir / "run.json", json));
+
+  test::ShellResult run = test::run_shell("EMIX_FAULT_CORRUPT_SAVE_AT_STEP=7 " + train);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_TRUE(contains(run.output, "checkpoint of step 7 discarded: it did not verify when read back after writing")) << run.output;
+  EXPECT_TRUE(contains(run.output, "step_00000007.tmp/rank_00000.bin: checksum mismatch in section")) << run.output;
+  const fs::path checkpoints = dir / "run" / "checkpoints";
+  auto kept = list_checkpoints(checkpoints);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].filename(), "step_00000006");
+  expect_no_partial_checkpoint(checkpoints);
+
+  test::ShellResult resumed = test::run_shell(train + " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "restored " + kept[0].string() + " (step 6)")) << resumed.output;
+  auto latest = open_latest_checkpoint(checkpoints);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step(), 7);
 }
 
 }  // namespace

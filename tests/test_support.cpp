@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <random>
 
+#include <sys/wait.h>
+
 #include "core/file_io.hpp"
 #include "core/rng.hpp"
 #include "data/shard.hpp"
@@ -82,6 +84,24 @@ nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer,
   };
   config["optimizer"].update(optimizer_overrides);
   return config;
+}
+
+ShellResult run_shell(const std::string& command) {
+  ShellResult result;
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) throw std::runtime_error("cannot start: " + command);
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+std::string shell_quote(const std::string& text) {
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
 }
 
 std::vector<float> random_normal_vector(size_t size, uint64_t seed) {

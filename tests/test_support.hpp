@@ -53,6 +53,16 @@ void write_tiny_shards(const std::filesystem::path& dir);
 nlohmann::json tiny_run_config(const TempDir& dir, const std::string& optimizer, const std::string& run,
                                const nlohmann::json& optimizer_overrides = nlohmann::json::object());
 
+// A command run by /bin/sh: its exit status (128 + N when killed by signal
+// N) and its stdout and stderr together.
+struct ShellResult {
+  int exit_code = -1;
+  std::string output;
+};
+ShellResult run_shell(const std::string& command);
+// `text` quoted for a shell command line.
+std::string shell_quote(const std::string& text);
+
 // What the every-optimizer tests cover: each registered optimizer with its
 // defaults, and AdEMAMix's narrow m2 storages.
 struct OptimizerVariant {

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "core/crc32.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
 #include "distributed/communicator.hpp"
@@ -86,6 +88,20 @@ uint32_t checksum_range(const FileReader& file, uint64_t offset, uint64_t bytes)
   return crc;
 }
 
+// Test-only fault injection (docs/reliability.md): with
+// EMIX_FAULT_CORRUPT_SAVE_AT_STEP=N, the save of step N flips the last byte
+// of each data file it writes (tensor data) after writing it, as a faulty
+// disk or filesystem would, so that its read-back fails.
+void corrupt_if_asked(const fs::path& file, int64_t step) {
+  if (env_int("EMIX_FAULT_CORRUPT_SAVE_AT_STEP") != step) return;
+  std::fstream stream(file, std::ios::in | std::ios::out | std::ios::binary);
+  stream.seekg(-1, std::ios::end);
+  const char last = static_cast<char>(stream.get());
+  stream.seekp(-1, std::ios::end);
+  stream.put(static_cast<char>(last ^ 0x5a));
+  if (!stream.flush()) fail_file(file, "fault injection could not write");
+}
+
 int64_t step_of(const fs::path& dir) {
   std::string name = dir.filename().string();
   if (name.rfind("step_", 0) != 0 || name.size() <= 5) return -1;
@@ -147,8 +163,10 @@ fs::path save_checkpoint(Communicator& comm, const fs::path& dir, int64_t step, 
   };
   // 1. The leader prepares the temporary directory (removing leftovers of
   //    an interrupted save); 2. every rank writes its own data file into it;
-  //    3. only when all of them succeeded does the leader write the manifest
-  //    and rename the directory into place: that rename is the commit.
+  //    3. only when all of them succeeded does the leader write the manifest,
+  //    read the whole checkpoint back and verify it, and rename the directory
+  //    into place: that rename is the commit, so a checkpoint that does not
+  //    verify never appears (and never displaces an older one).
   collective_phase(comm, final_dir, [&] {
     if (!leader) return;
     fs::create_directories(dir);
@@ -160,6 +178,7 @@ fs::path save_checkpoint(Communicator& comm, const fs::path& dir, int64_t step, 
     if (tensors.empty()) return;
     const fs::path file = temp_dir / data_file_name(comm.rank());
     uint32_t header_crc = write_data_file(file, tensors);
+    corrupt_if_asked(file, step);
     mine = std::make_pair(static_cast<uint64_t>(fs::file_size(file)), header_crc);
   });
   Json files = gather_file_entries(comm, mine);
@@ -168,6 +187,11 @@ fs::path save_checkpoint(Communicator& comm, const fs::path& dir, int64_t step, 
     Json manifest = {{"format", "emix-checkpoint"}, {"version", kFormatVersion}, {"step", step},
                      {"world_size", comm.world_size()}, {"files", files}, {"state", state}};
     write_text_file_atomic(temp_dir / kManifest, manifest.dump(1));
+    try {
+      Checkpoint::open(temp_dir);
+    } catch (const Error& e) {
+      fail("checkpoint of step {} discarded: it did not verify when read back after writing: {}", step, e.what());
+    }
     // A checkpoint of the same step (e.g. saved again after a resume) is replaced.
     if (fs::exists(final_dir)) fs::remove_all(final_dir);
     fs::rename(temp_dir, final_dir);

@@ -10,9 +10,10 @@
 //                   A tensor may be split over several files (a ZeRO shard
 //                   per rank); its parts must tile [0, count) exactly.
 // The directory is assembled under a temporary name, every file fsynced, and
-// renamed into place by rank 0 once every rank has written its file: a
-// checkpoint is either complete or invisible, and a reader never needs to
-// know how many ranks wrote it (a run resumes on any number of ranks).
+// renamed into place by rank 0 once every rank has written its file and the
+// whole checkpoint has been read back and verified: a checkpoint is either
+// complete or invisible, and a reader never needs to know how many ranks
+// wrote it (a run resumes on any number of ranks).
 //
 // Data file layout (little-endian):
 //   0  char[8]  "EMIXCKPT"
@@ -45,8 +46,9 @@ class Communicator;
 // Collective: every rank of `comm` calls it with the same dir and step and
 // its own part of the tensors (none for a rank with nothing to write); the
 // manifest gets rank 0's `state`. Returns the checkpoint's directory. If
-// any rank fails, every rank throws and no checkpoint appears (older ones
-// are kept). The directory must be one all ranks see (a shared filesystem
+// any rank fails, or the written checkpoint does not verify when rank 0
+// reads it back, every rank throws and no checkpoint appears (older ones are
+// kept). The directory must be one all ranks see (a shared filesystem
 // when the ranks run on several nodes).
 std::filesystem::path save_checkpoint(Communicator& comm, const std::filesystem::path& dir, int64_t step, const Json& state,
                                       std::span<const TensorRef> tensors);

@@ -49,8 +49,8 @@ void fsync_directory(const fs::path& dir) {
   if (rc != 0) fail_file(dir, "cannot sync directory: {}", std::strerror(saved));
 }
 
-FileWriter::FileWriter(const fs::path& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+FileWriter::FileWriter(const fs::path& path, Mode mode) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (mode == Mode::append ? O_APPEND : O_TRUNC), 0644);
   if (fd_ < 0) fail_file(path, "cannot create file: {}", std::strerror(errno));
 }
 

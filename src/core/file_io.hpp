@@ -21,17 +21,19 @@ void write_text_file_atomic(const std::filesystem::path& path, std::string_view 
 // Makes a completed rename or creation inside `dir` durable.
 void fsync_directory(const std::filesystem::path& dir);
 
-// An open file for sequential writing that fsyncs on close; errors name the file.
+// An open file for sequential writing that fsyncs on close; errors name the
+// file and give the system's reason ("No space left on device").
 class FileWriter {
  public:
-  explicit FileWriter(const std::filesystem::path& path);
+  enum class Mode { truncate, append };
+  explicit FileWriter(const std::filesystem::path& path, Mode mode = Mode::truncate);
   ~FileWriter();
   FileWriter(const FileWriter&) = delete;
   FileWriter& operator=(const FileWriter&) = delete;
 
   void write(const void* data, size_t size);
   void write(std::span<const std::byte> bytes) { write(bytes.data(), bytes.size()); }
-  uint64_t bytes_written() const { return written_; }
+  uint64_t bytes_written() const { return written_; }  // by this writer (appended ones, in append mode)
   // fsync + close; errors (a full disk, say) are thrown here, not lost.
   void close();
 

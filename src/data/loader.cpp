@@ -47,8 +47,8 @@ void TokenDataset::read_window(size_t shard, uint64_t window, std::span<uint16_t
   s.file.read_at(offset, out.data(), out.size() * sizeof(uint16_t));
   for (size_t i = 0; i < out.size(); ++i) {
     if (out[i] >= vocab_size_) {
-      fail_file(s.file.path(), "token id {} at byte offset {} is not below the vocabulary size {}", out[i],
-                offset + i * sizeof(uint16_t), vocab_size_);
+      fail_file(s.file.path(), "token id {} at token {} (byte offset {}) is not below the vocabulary size {}", out[i],
+                first_token + i, offset + i * sizeof(uint16_t), vocab_size_);
     }
   }
 }

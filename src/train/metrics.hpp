@@ -6,9 +6,9 @@
 // the resumed run writes them again.
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 
 #include "config/json_reader.hpp"
+#include "core/file_io.hpp"
 
 namespace emix {
 
@@ -16,11 +16,12 @@ class MetricsLog {
  public:
   // Opens `path` for appending after dropping records with step > keep_through_step.
   MetricsLog(const std::filesystem::path& path, int64_t keep_through_step);
+  // Appends one line; a failed write (a full disk) throws naming the file and
+  // the reason. A line cut short by it is dropped when the file is next opened.
   void write(const Json& record);
 
  private:
-  std::filesystem::path path_;
-  std::ofstream out_;
+  FileWriter out_;
 };
 
 }  // namespace emix

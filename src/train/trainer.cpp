@@ -47,6 +47,14 @@ std::string describe_state(const Optimizer& optimizer, const std::vector<StateBu
   return line;
 }
 
+// A batch that could not be read on some rank (a token id outside the
+// vocabulary, a shard changed on disk): thrown on every rank before anything
+// is computed from it, so the trainer still holds its last completed step.
+class UnreadableBatch : public Error {
+ public:
+  using Error::Error;
+};
+
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
@@ -99,8 +107,6 @@ Trainer::Trainer(Config config, const Checkpoint* resume, Communicator* comm)
     val_stream_ = std::make_unique<WindowStream>(*val_data_, t.seed, /*shuffle=*/false);
   }
   check_probe_batch();
-  inputs_.resize(static_cast<size_t>(t.batch_size) * t.seq_len);
-  targets_.resize(inputs_.size());
 
   if (resume != nullptr) {
     restore(*resume);
@@ -159,16 +165,19 @@ StepRecord Trainer::train_step() {
   const int ranks = comm_.world_size();
   const int accumulation = t.accumulation_steps(ranks);
   const int micro_batches = accumulation * ranks;  // in the global batch
-  backend_->zero_grad();
   // The forgetting probe's step trains on the held-out batch instead.
   const bool inject = t.forgetting_probe_inject && step_ + 1 == t.forgetting_probe_step;
   const uint64_t batch_start = inject ? probe_position() : windows_consumed_;
-  std::vector<double> my_losses(static_cast<size_t>(accumulation));
+  std::vector<uint64_t> starts(static_cast<size_t>(accumulation));
   for (int micro = 0; micro < accumulation; ++micro) {
-    train_stream_->read(micro_batch_start(batch_start, comm_.rank(), micro, accumulation, t.batch_size), t.batch_size,
-                        inputs_, targets_);
-    my_losses[static_cast<size_t>(micro)] =
-        backend_->forward_backward(inputs_, targets_, t.batch_size, t.seq_len, 1.0f / static_cast<float>(micro_batches));
+    starts[static_cast<size_t>(micro)] = micro_batch_start(batch_start, comm_.rank(), micro, accumulation, t.batch_size);
+  }
+  read_batches(*train_stream_, starts);
+  backend_->zero_grad();
+  std::vector<double> my_losses(static_cast<size_t>(accumulation));
+  for (size_t micro = 0; micro < starts.size(); ++micro) {
+    my_losses[micro] = backend_->forward_backward(batch_inputs(micro), batch_targets(micro), t.batch_size, t.seq_len,
+                                                  1.0f / static_cast<float>(micro_batches));
   }
   // Every micro-batch's loss of the global batch, added in order: the mean
   // loss has the same bits whatever the number of ranks.
@@ -215,12 +224,6 @@ void Trainer::with_eval_params(const std::function<void()>& body) {
 
 float Trainer::evaluate() {
   if (!val_stream_) return NAN;
-  float loss = NAN;
-  with_eval_params([&] { loss = mean_validation_loss(); });
-  return loss;
-}
-
-float Trainer::mean_validation_loss() {
   const TrainingConfig& t = config_.training;
   // Never more batches than the validation data holds: repeats would only
   // make the figure look more precise than it is.
@@ -233,15 +236,52 @@ float Trainer::mean_loss(WindowStream& stream, uint64_t first, uint64_t batches)
   const TrainingConfig& t = config_.training;
   // Batch i is evaluated by rank i mod N; the losses are combined as in
   // train_step, so the figure does not depend on the number of ranks.
+  const auto rank = static_cast<uint64_t>(comm_.rank());
+  const auto ranks = static_cast<uint64_t>(comm_.world_size());
+  std::vector<uint64_t> starts;
+  for (uint64_t i = rank; i < batches; i += ranks) starts.push_back(first + i * static_cast<uint64_t>(t.batch_size));
+  // Read before the model moves to its evaluation point, so that a batch
+  // that cannot be read leaves the training state as it was.
+  read_batches(stream, starts);
   std::vector<double> losses(batches, 0.0);
-  for (uint64_t i = static_cast<uint64_t>(comm_.rank()); i < batches; i += static_cast<uint64_t>(comm_.world_size())) {
-    stream.read(first + i * static_cast<uint64_t>(t.batch_size), t.batch_size, inputs_, targets_);
-    losses[i] = backend_->forward(inputs_, targets_, t.batch_size, t.seq_len);
-  }
+  with_eval_params([&] {
+    for (size_t k = 0; k < starts.size(); ++k) {
+      losses[rank + k * ranks] = backend_->forward(batch_inputs(k), batch_targets(k), t.batch_size, t.seq_len);
+    }
+  });
   comm_.all_reduce_sum(std::span<double>(losses));
   double sum = 0.0;
   for (double loss : losses) sum += loss;
   return static_cast<float>(sum / static_cast<double>(batches));
+}
+
+void Trainer::read_batches(WindowStream& stream, std::span<const uint64_t> starts) {
+  const int batch_size = config_.training.batch_size;
+  const size_t tokens = batch_tokens();
+  inputs_.resize(starts.size() * tokens);
+  targets_.resize(inputs_.size());
+  std::string error;
+  try {
+    for (size_t k = 0; k < starts.size(); ++k) {
+      stream.read(starts[k], batch_size, std::span(inputs_).subspan(k * tokens, tokens),
+                  std::span(targets_).subspan(k * tokens, tokens));
+    }
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  if (comm_.any(!error.empty())) throw UnreadableBatch(error.empty() ? "another rank could not read its batch" : error);
+}
+
+size_t Trainer::batch_tokens() const {
+  return static_cast<size_t>(config_.training.batch_size) * static_cast<size_t>(config_.training.seq_len);
+}
+
+std::span<const int32_t> Trainer::batch_inputs(size_t k) const {
+  return std::span<const int32_t>(inputs_).subspan(k * batch_tokens(), batch_tokens());
+}
+
+std::span<const int32_t> Trainer::batch_targets(size_t k) const {
+  return std::span<const int32_t>(targets_).subspan(k * batch_tokens(), batch_tokens());
 }
 
 uint64_t Trainer::sequences_per_step() const {
@@ -259,12 +299,11 @@ bool Trainer::probe_due() const {
 }
 
 void Trainer::log_probe_loss() {
-  float loss = NAN;
-  with_eval_params([&] { loss = mean_loss(*train_stream_, probe_position(), sequences_per_step() / config_.training.batch_size); });
+  const float loss = mean_loss(*train_stream_, probe_position(), sequences_per_step() / config_.training.batch_size);
   const int64_t since = step_ - config_.training.forgetting_probe_step;
   spdlog::info("probe loss {:.4f} at step {} ({})", loss, step_,
                since < 0 ? std::string("before the probe batch") : fmt::format("{} steps after it", since));
-  if (metrics_) metrics_->write({{"step", step_}, {"probe_loss", loss}, {"steps_since_probe", since}, {"tokens", tokens_seen_}});
+  write_metrics({{"step", step_}, {"probe_loss", loss}, {"steps_since_probe", since}, {"tokens", tokens_seen_}});
 }
 
 void Trainer::log_progress(const StepRecord& r, double step_seconds) {
@@ -323,10 +362,32 @@ void Trainer::count_skip(const StepRecord& record) {
                consecutive_skips_, skipped_steps_);
   if (consecutive_skips_ >= config_.training.max_consecutive_skips) {
     // The parameters and optimizer state are those before the bad steps.
-    fs::path path = save_checkpoint();
-    fail("stopping: {} consecutive steps had a non-finite or outlier loss or gradient norm (training.max_consecutive_skips); "
-         "{} holds the state before them",
-         consecutive_skips_, path.string());
+    stop_after_failure(fmt::format("{} consecutive steps had a non-finite or outlier loss or gradient norm "
+                                   "(training.max_consecutive_skips), and none of them was applied",
+                                   consecutive_skips_));
+  }
+}
+
+void Trainer::stop_after_failure(const std::string& failure) {
+  const std::string what = failure.empty() ? "another rank failed" : failure;
+  std::string resume_from = fmt::format("the checkpoint of step {} in {}", step_, config_.checkpoint_dir().string());
+  if (step_ != last_saved_step_) {
+    try {
+      resume_from = save_checkpoint().string();
+    } catch (const Error& e) {
+      fail("stopping after step {}: {}; saving a checkpoint of step {} failed too: {}", step_, what, step_, e.what());
+    }
+  }
+  fail("stopping after step {}: {}; {} holds step {}: fix the cause and resume with --resume latest", step_, what,
+       resume_from, step_);
+}
+
+void Trainer::write_metrics(const Json& record) {
+  if (!metrics_ || !metrics_error_.empty()) return;
+  try {
+    metrics_->write(record);
+  } catch (const Error& e) {
+    metrics_error_ = e.what();
   }
 }
 
@@ -347,9 +408,9 @@ void Trainer::try_periodic_checkpoint() {
 }
 
 Trainer::StopVote Trainer::agree_to_stop(bool out_of_time) {
-  std::vector<double> votes = {stop_requested() ? 1.0 : 0.0, out_of_time ? 1.0 : 0.0};
+  std::vector<double> votes = {stop_requested() ? 1.0 : 0.0, out_of_time ? 1.0 : 0.0, metrics_error_.empty() ? 0.0 : 1.0};
   comm_.all_reduce_sum(std::span<double>(votes));
-  return StopVote{votes[0] > 0.0, votes[1] > 0.0};
+  return StopVote{votes[0] > 0.0, votes[1] > 0.0, votes[2] > 0.0};
 }
 
 bool Trainer::run(std::optional<int64_t> stop_at_step) {
@@ -358,43 +419,53 @@ bool Trainer::run(std::optional<int64_t> stop_at_step) {
   const auto run_start = Clock::now();
   if (step_ > 0) spdlog::info("resuming at step {}/{} ({} tokens seen)", step_, total, format_count(static_cast<double>(tokens_seen_)));
   StopVote stop = agree_to_stop(false);
-  if (step_ == 0 && probe_due()) log_probe_loss();
-  while (step_ < total && (!stop_at_step || step_ < *stop_at_step) && !stop.signal && !stop.out_of_time) {
-    auto start = Clock::now();
-    StepRecord record = train_step();
-    double seconds = seconds_since(start);
-    train_seconds_ += seconds;
-    history_.push_back(record);
-    if (metrics_) {
-      metrics_->write({{"step", record.step}, {"loss", record.loss}, {"lr", record.lr}, {"grad_norm", record.grad_norm},
-                       {"skipped", record.skipped}, {"tokens", tokens_seen_},
-                       {"optimizer_ms", 1000.0 * record.optimizer_seconds},
-                       {"tokens_per_second", static_cast<double>(t.total_batch_tokens) / seconds},
-                       {"elapsed_s", train_seconds_}});
+  // What ends the run as failed on this rank once a checkpoint is written: a
+  // batch that cannot be read or a metrics file that cannot be written. Both
+  // leave the state at the last completed step, so stopping there loses no
+  // training.
+  std::string failure;
+  try {
+    if (step_ == 0 && probe_due()) log_probe_loss();
+    while (step_ < total && (!stop_at_step || step_ < *stop_at_step) && !stop.signal && !stop.out_of_time &&
+           !stop.metrics_failed) {
+      auto start = Clock::now();
+      StepRecord record = train_step();
+      double seconds = seconds_since(start);
+      train_seconds_ += seconds;
+      history_.push_back(record);
+      write_metrics({{"step", record.step}, {"loss", record.loss}, {"lr", record.lr}, {"grad_norm", record.grad_norm},
+                     {"skipped", record.skipped}, {"tokens", tokens_seen_},
+                     {"optimizer_ms", 1000.0 * record.optimizer_seconds},
+                     {"tokens_per_second", static_cast<double>(t.total_batch_tokens) / seconds},
+                     {"elapsed_s", train_seconds_}});
+      count_skip(record);
+      if (record.step == 1 || record.step % config_.logging.interval == 0 || record.step == total) log_progress(record, seconds);
+      if (t.eval_interval > 0 && step_ % t.eval_interval == 0 && step_ < total && val_stream_) {
+        float val_loss = evaluate();
+        spdlog::info("validation loss {:.4f} at step {}", val_loss, step_);
+        write_metrics({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
+      }
+      if (probe_due()) log_probe_loss();
+      if (config_.checkpoint.interval > 0 && step_ % config_.checkpoint.interval == 0 && step_ < total) try_periodic_checkpoint();
+      stop = agree_to_stop(near_time_limit(seconds_since(run_start)));
     }
-    count_skip(record);
-    if (record.step == 1 || record.step % config_.logging.interval == 0 || record.step == total) log_progress(record, seconds);
-    if (t.eval_interval > 0 && step_ % t.eval_interval == 0 && step_ < total && val_stream_) {
+    if (stop.signal) spdlog::warn("stop requested (signal {}): saving a checkpoint at step {}", stop_signal(), step_);
+    if (stop.out_of_time && step_ < total) {
+      spdlog::warn("wall-clock limit of {} minutes nearly reached: saving a checkpoint at step {}; resume with --resume latest",
+                   t.time_limit_minutes, step_);
+    }
+    if (step_ >= total && val_stream_ && !stop.metrics_failed) {
       float val_loss = evaluate();
-      spdlog::info("validation loss {:.4f} at step {}", val_loss, step_);
-      if (metrics_) metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
+      spdlog::info("final validation loss {:.4f} after {} steps ({} tokens)", val_loss, step_, format_count(static_cast<double>(tokens_seen_)));
+      write_metrics({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
     }
-    if (probe_due()) log_probe_loss();
-    if (config_.checkpoint.interval > 0 && step_ % config_.checkpoint.interval == 0 && step_ < total) try_periodic_checkpoint();
-    stop = agree_to_stop(near_time_limit(seconds_since(run_start)));
+  } catch (const UnreadableBatch& e) {
+    failure = e.what();
   }
-  bool finished = step_ >= total;
-  if (stop.signal) spdlog::warn("stop requested (signal {}): saving a checkpoint at step {}", stop_signal(), step_);
-  if (stop.out_of_time && !finished) {
-    spdlog::warn("wall-clock limit of {} minutes nearly reached: saving a checkpoint at step {}; resume with --resume latest",
-                 t.time_limit_minutes, step_);
-  }
-  if (finished && val_stream_) {
-    float val_loss = evaluate();
-    spdlog::info("final validation loss {:.4f} after {} steps ({} tokens)", val_loss, step_, format_count(static_cast<double>(tokens_seen_)));
-    if (metrics_) metrics_->write({{"step", step_}, {"val_loss", val_loss}, {"tokens", tokens_seen_}});
-  }
+  if (failure.empty()) failure = metrics_error_;
+  if (comm_.any(!failure.empty())) stop_after_failure(failure);
   if (step_ != last_saved_step_) save_checkpoint();
+  const bool finished = step_ >= total;
   if (finished) write_sample();
   return finished;
 }
@@ -434,18 +505,10 @@ fs::path Trainer::save_checkpoint() {
     if (leader) tensors.push_back(TensorRef{"eval_params", eval_params, 0});
   }
   warn_if_disk_is_short(config_.checkpoint_dir(), tensors);
+  // The new checkpoint exists only if it was read back and verified whole;
+  // only then do older ones go.
   fs::path path = emix::save_checkpoint(comm_, config_.checkpoint_dir(), step_, run_state(), tensors);
-  // Older checkpoints go only once the new one has been read back whole.
-  std::string error;
-  if (leader) {
-    try {
-      Checkpoint::open(path);
-      prune_checkpoints(config_.checkpoint_dir(), config_.checkpoint.keep_last, config_.checkpoint.milestone_interval);
-    } catch (const Error& e) {
-      error = e.what();
-    }
-  }
-  comm_.check_all(error.empty(), error);
+  if (leader) prune_checkpoints(config_.checkpoint_dir(), config_.checkpoint.keep_last, config_.checkpoint.milestone_interval);
   last_saved_step_ = step_;
   last_save_seconds_ = seconds_since(start);
   spdlog::info("checkpoint saved: {} ({:.2f} s)", path.string(), last_save_seconds_);

@@ -52,8 +52,10 @@ class Trainer {
 
   // Trains until the configured number of steps, `stop_at_step`, a stop
   // signal or the wall-clock limit, whichever comes first; then evaluates and
-  // checkpoints. Returns true when the run reached its final step. Throws
-  // (after checkpointing) when too many steps in a row had to be skipped.
+  // checkpoints. Returns true when the run reached its final step. Throws,
+  // after a checkpoint of the last completed step, when too many steps in a
+  // row had to be skipped, a batch cannot be read (a token id outside the
+  // vocabulary) or the metrics file cannot be written (a full disk).
   bool run(std::optional<int64_t> stop_at_step = std::nullopt);
 
   int64_t step() const { return step_; }
@@ -67,7 +69,22 @@ class Trainer {
 
  private:
   StepRecord train_step();
+  // Reads this rank's micro-batches starting at the stream positions
+  // `starts` into inputs_/targets_. Collective: a batch that cannot be read on
+  // any rank makes every rank throw before any of them computes with it.
+  void read_batches(WindowStream& stream, std::span<const uint64_t> starts);
+  size_t batch_tokens() const;  // batch_size × seq_len
+  // Micro-batch k of those read_batches read last.
+  std::span<const int32_t> batch_inputs(size_t k) const;
+  std::span<const int32_t> batch_targets(size_t k) const;
   void count_skip(const StepRecord& record);
+  // Collective: saves a checkpoint of the last completed step (unless there
+  // is one), then throws `failure` (this rank's; empty when another rank
+  // failed) with the checkpoint to resume from.
+  [[noreturn]] void stop_after_failure(const std::string& failure);
+  // Rank 0's metrics. A failed write does not throw: it is remembered in
+  // metrics_error_, and the ranks agree at the end of the step to stop.
+  void write_metrics(const Json& record);
   // True when the loss or gradient norm is an outlier against the recent
   // applied steps (training.outlier_zscore); records applied steps.
   bool is_outlier(const StepRecord& record) const;
@@ -76,6 +93,7 @@ class Trainer {
   struct StopVote {
     bool signal = false;      // a stop signal reached some rank
     bool out_of_time = false;  // some rank is near the wall-clock limit
+    bool metrics_failed = false;  // rank 0 could not write the metrics file
   };
   // Collective, so that every rank stops after the same step.
   StopVote agree_to_stop(bool out_of_time);
@@ -87,9 +105,8 @@ class Trainer {
   // Runs `body` with the model holding the optimizer's evaluation point
   // (schedule-free's x), then restores the training point bit-exactly.
   void with_eval_params(const std::function<void()>& body);
-  float mean_validation_loss();  // at the parameters as they are
   // Mean loss of `batches` micro-batches of the stream from window `first`,
-  // split over the ranks; at the parameters as they are.
+  // split over the ranks; at the evaluation point.
   float mean_loss(WindowStream& stream, uint64_t first, uint64_t batches);
   uint64_t sequences_per_step() const;
   // The forgetting probe (training.forgetting_probe_step): where its batch
@@ -114,7 +131,8 @@ class Trainer {
   std::unique_ptr<TokenDataset> val_data_;
   std::unique_ptr<WindowStream> val_stream_;
   std::unique_ptr<class MetricsLog> metrics_;  // rank 0 only
-  std::vector<int32_t> inputs_;
+  std::string metrics_error_;                 // the first failed metrics write
+  std::vector<int32_t> inputs_;   // the micro-batches read_batches read last
   std::vector<int32_t> targets_;
   std::vector<StepRecord> history_;
 

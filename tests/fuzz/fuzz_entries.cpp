@@ -151,7 +151,7 @@ const CheckpointSeed& checkpoint_seed() {
   static const CheckpointSeed seed = [] {
     std::vector<float> a = {1.0f, -2.0f, 3.5f, 0.0f, 1e-3f};
     std::vector<float> b = {7.0f, 8.0f, 9.0f};
-    std::vector<TensorRef> tensors = {{"params", a, 0}, {"m1", b, 5}};
+    std::vector<TensorRef> tensors = {{"params", a, 0}, {"m1", b, 0}};
     fs::path dir = save_checkpoint(scratch_dir() / "seed", 7, Json{{"step", 7}, {"rng", "abc"}}, tensors);
     CheckpointSeed s;
     s.manifest = read_bytes(dir / "manifest.json");
