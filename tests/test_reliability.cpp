@@ -20,6 +20,7 @@
 #include "core/file_io.hpp"
 #include "data/shard.hpp"
 #include "optim/optimizer.hpp"
+#include "reliability_scenarios.hpp"
 #include "test_support.hpp"
 #include "train/signals.hpp"
 #include "train/trainer.hpp"
@@ -51,109 +52,18 @@ TEST(Reliability, ASecondStopSignalKillsAtOnce) {
   }
 }
 
-TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) {
-  test::TempDir dir;
-  test::write_tiny_shards(dir.path());
-  Trainer trainer(Config::from_json(test::tiny_run_config(dir, "ademamix", "run")));
-  // A NaN in one parameter makes the loss and every gradient non-finite
-  // (the output head is tied to wte) for two steps, then it is repaired.
-  float& poisoned = trainer.backend().weights()[trainer.backend().layout().find("wte").offset + 7];
-  const float original = poisoned;
-  poisoned = NAN;
-  trainer.run(2);
-  poisoned = original;
-  ASSERT_TRUE(trainer.run());
-  const auto& history = trainer.history();
-  ASSERT_EQ(history.size(), 13u);
-  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i < 2) << "step " << i + 1;
-  // Had the bad gradients reached the optimizer, its state (and so every
-  // later update) would be NaN.
-  for (float p : trainer.backend().weights()) ASSERT_TRUE(std::isfinite(p));
-  EXPECT_LT(history.back().loss, history[2].loss);
-}
-
-TEST(Reliability, LossSpikesAreSkippedAsOutliers) {
-  test::TempDir dir;
-  test::write_tiny_shards(dir.path());
-  Json json = test::tiny_run_config(dir, "adamw", "run");
-  json["training"]["steps"] = 40;
-  json["training"]["outlier_zscore"] = 6.0;
-  json["training"]["outlier_window"] = 20;
-  Trainer trainer(Config::from_json(json));
-  trainer.run(30);
-  // Blow up the output head for one step: a finite but huge loss spike.
-  auto params = trainer.backend().weights();
-  std::vector<float> saved(params.begin(), params.end());
-  const TensorInfo& wte = trainer.backend().layout().find("wte");
-  for (size_t i = wte.offset; i < wte.offset + wte.count; ++i) params[i] *= 40.0f;
-  trainer.run(31);
-  std::copy(saved.begin(), saved.end(), params.begin());
-  ASSERT_TRUE(trainer.run());
-  const auto& history = trainer.history();
-  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i == 30) << "step " << i + 1;
-  EXPECT_TRUE(std::isfinite(history[30].loss));
-}
-
-// The gradient norm alone spikes: layer norm 1's gain and bias are scaled by
-// 2^-16 and the QKV weights that read its output by 2^16 in every block.
-// The function the model computes is unchanged (power-of-two scaling is
-// exact), so the loss is exactly what it would have been, but the gain's
-// gradient is 65536 times larger.
+// The trainer's fault scenarios shared with the GPU suite
+// (tests/reliability_scenarios.hpp, tests/cuda/test_cuda_reliability.cpp).
+TEST(Reliability, NonFiniteStepsAreSkippedAndTrainingGoesOn) { test::check_non_finite_steps_are_skipped("cpu"); }
+TEST(Reliability, LossSpikesAreSkippedAsOutliers) { test::check_loss_spikes_are_skipped("cpu"); }
 TEST(Reliability, GradientNormSpikesAreSkippedAsOutliersWhenTheLossIsNormal) {
-  test::TempDir dir;
-  test::write_tiny_shards(dir.path());
-  Json json = test::tiny_run_config(dir, "adamw", "run");
-  json["training"]["steps"] = 40;
-  json["training"]["outlier_zscore"] = 6.0;
-  json["training"]["outlier_window"] = 20;
-  Trainer trainer(Config::from_json(json));
-  trainer.run(30);
-  const float val_loss = trainer.evaluate();
-  auto params = trainer.backend().weights();
-  std::vector<float> saved(params.begin(), params.end());
-  const ParameterLayout& layout = trainer.backend().layout();
-  auto scale = [&](const std::string& name, float factor) {
-    const TensorInfo& tensor = layout.find(name);
-    for (size_t i = tensor.offset; i < tensor.offset + tensor.count; ++i) params[i] *= factor;
-  };
-  scale("ln1w", 0x1p-16f);
-  scale("ln1b", 0x1p-16f);
-  scale("qkvw", 0x1p16f);
-  ASSERT_EQ(trainer.evaluate(), val_loss);  // the same function
-  trainer.run(31);
-  std::copy(saved.begin(), saved.end(), params.begin());
-  ASSERT_TRUE(trainer.run());
-  const auto& history = trainer.history();
-  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].skipped, i == 30) << "step " << i + 1;
-  float highest_loss = 0.0f;
-  double highest_norm = 0.0;
-  for (size_t i = 10; i < 30; ++i) {
-    highest_loss = std::max(highest_loss, history[i].loss);
-    highest_norm = std::max(highest_norm, history[i].grad_norm);
-  }
-  EXPECT_LE(history[30].loss, highest_loss);  // a normal loss...
-  EXPECT_GT(history[30].grad_norm, 10.0 * highest_norm);  // ...and a gradient norm spike
+  test::check_gradient_norm_spikes_are_skipped("cpu");
 }
-
 TEST(Reliability, TooManyConsecutiveSkipsStopAfterACheckpoint) {
-  test::TempDir dir;
-  test::write_tiny_shards(dir.path());
-  Json json = test::tiny_run_config(dir, "adamw", "run");
-  json["training"]["max_consecutive_skips"] = 3;
-  Config config = Config::from_json(json);
-  Trainer trainer(config);
-  for (float& p : trainer.backend().weights()) p = NAN;  // every step is non-finite
-  try {
-    trainer.run();
-    FAIL() << "expected the run to stop";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("3 consecutive steps"), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(trainer.step(), 3);
-  auto latest = open_latest_checkpoint(config.checkpoint_dir());
-  ASSERT_TRUE(latest.has_value());
-  EXPECT_EQ(latest->step(), 3);
+  test::check_consecutive_skips_stop_after_a_checkpoint("cpu");
 }
+TEST(Reliability, AFailedSaveKeepsThePreviousCheckpoint) { test::check_a_failed_save_keeps_the_previous_checkpoint("cpu"); }
+TEST(Reliability, AStopRequestSavesTheLastCompletedStep) { test::check_a_stop_request_saves_and_returns("cpu"); }
 
 TEST(Reliability, TheWallClockLimitStopsWithACheckpoint) {
   test::TempDir dir;
@@ -168,41 +78,6 @@ TEST(Reliability, TheWallClockLimitStopsWithACheckpoint) {
   auto latest = open_latest_checkpoint(config.checkpoint_dir());
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(latest->step(), trainer.step());
-}
-
-TEST(Reliability, AFailedSaveKeepsThePreviousCheckpoint) {
-  test::TempDir dir;
-  test::write_tiny_shards(dir.path());
-  Json json = test::tiny_run_config(dir, "ademamix", "run");
-  json["checkpoint"]["interval"] = 3;
-  Config config = Config::from_json(json);
-  Trainer trainer(config);
-  trainer.run(2);  // a good checkpoint at step 2
-
-  // Files may not grow past 16 KiB from now on: the ~95 KB checkpoint
-  // data file fails to write, as on a full disk (EFBIG instead of ENOSPC).
-  std::signal(SIGXFSZ, SIG_IGN);
-  rlimit saved{};
-  getrlimit(RLIMIT_FSIZE, &saved);
-  rlimit limit = saved;
-  limit.rlim_cur = 16 * 1024;
-  setrlimit(RLIMIT_FSIZE, &limit);
-  std::string message;
-  try {
-    trainer.run(4);  // the save at step 3 fails and is survived; the one at 4 fails the run
-  } catch (const Error& e) {
-    message = e.what();
-  }
-  setrlimit(RLIMIT_FSIZE, &saved);
-
-  EXPECT_NE(message.find("rank_00000.bin"), std::string::npos) << message;
-  EXPECT_EQ(trainer.step(), 4);
-  auto kept = list_checkpoints(config.checkpoint_dir());
-  ASSERT_EQ(kept.size(), 1u);
-  EXPECT_EQ(Checkpoint::open(kept[0]).step(), 2);
-  for (const auto& entry : fs::directory_iterator(config.checkpoint_dir())) {
-    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
-  }
 }
 
 TEST(Reliability, MilestonesSurvivePruning) {
