@@ -29,6 +29,7 @@
 #include "checkpoint/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/file_io.hpp"
+#include "data/shard.hpp"
 #include "distributed/communicator.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
@@ -262,6 +263,48 @@ TEST(DataParallel, RanksStartedWithDifferentConfigsAllStop) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(comm().rank() == 1 ? "differs from rank 0's" : "failed"), std::string::npos) << e.what();
   }
+}
+
+// A token id outside the vocabulary that one rank meets mid-run: every rank
+// stops after the same (last good) step, the rank that read it naming the
+// shard, the others that another rank could not read its batch, and one checkpoint of that
+// step is written by all of them. 40 windows of 8 tokens read in file order,
+// 12 per step over all ranks: token 243 is in window 30 only, read in step 3.
+TEST(DataParallel, BadDataOnOneRankStopsEveryRankWithACheckpoint) {
+  if (comm().world_size() == 1) GTEST_SKIP() << "needs several ranks (mpirun)";
+  SharedDir dir;
+  const fs::path shard = dir.path() / "oov_train.bin";
+  if (comm().rank() == 0) {
+    std::vector<uint16_t> tokens(8 * 40 + 1);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 3 + i / 7) % test::kTinyVocab);
+    tokens[243] = test::kTinyVocab;
+    write_shard(shard, tokens);
+  }
+  comm().barrier();
+  Json document = run_config(dir.path(), "adamw", "bad_data", 1);
+  document["data"]["train_shards"] = shard.string();
+  document["data"]["shuffle"] = false;
+  document["training"].erase("forgetting_probe_step");
+  document["training"].erase("forgetting_probe_interval");
+  const Config config = Config::from_json(document);
+  Trainer trainer(config, nullptr, &comm());
+  std::string message;
+  try {
+    trainer.run();
+    ADD_FAILURE() << "rank " << comm().rank() << " went on past the bad token";
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_EQ(trainer.step(), 2);
+  EXPECT_NE(message.find("stopping after step 2: "), std::string::npos) << message;
+  // The rank that read the id names it; every rank tells which.
+  const bool read_it = message.find("token id " + std::to_string(test::kTinyVocab) + " at token 243") != std::string::npos;
+  EXPECT_TRUE(read_it || message.find("another rank could not read its batch") != std::string::npos) << message;
+  EXPECT_EQ(comm().all_reduce_sum(read_it ? 1.0 : 0.0), 1.0);
+  comm().barrier();
+  auto latest = open_latest_checkpoint(config.checkpoint_dir());
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->step(), 2);
 }
 
 // A run started on 4 ranks, continued on 2, finished on 3 (each stop a
