@@ -29,6 +29,16 @@ inline Json scenario_config(const TempDir& dir, const std::string& optimizer, co
   return json;
 }
 
+// 40 steps, a step an outlier when its loss or gradient norm is 6 standard
+// deviations off the last 20.
+inline Json outlier_config(const TempDir& dir, const std::string& device) {
+  Json json = scenario_config(dir, "adamw", device);
+  json["training"]["steps"] = 40;
+  json["training"]["outlier_zscore"] = 6.0;
+  json["training"]["outlier_window"] = 20;
+  return json;
+}
+
 // Multiplies every element of the named tensor by `factor`, in `weights`.
 inline void scale_tensor(Trainer& trainer, std::span<float> weights, const std::string& name, float factor) {
   const TensorInfo& tensor = trainer.backend().layout().find(name);
@@ -68,11 +78,7 @@ inline void check_non_finite_steps_are_skipped(const std::string& device) {
 // skipped as an outlier of the running window.
 inline void check_loss_spikes_are_skipped(const std::string& device) {
   TempDir dir;
-  Json json = scenario_config(dir, "adamw", device);
-  json["training"]["steps"] = 40;
-  json["training"]["outlier_zscore"] = 6.0;
-  json["training"]["outlier_window"] = 20;
-  Trainer trainer(Config::from_json(json));
+  Trainer trainer(Config::from_json(outlier_config(dir, device)));
   trainer.run(30);
   std::span<float> weights = trainer.backend().weights();
   const std::vector<float> saved(weights.begin(), weights.end());
@@ -93,11 +99,7 @@ inline void check_loss_spikes_are_skipped(const std::string& device) {
 // been, but the gain's gradient is 65536 times larger.
 inline void check_gradient_norm_spikes_are_skipped(const std::string& device) {
   TempDir dir;
-  Json json = scenario_config(dir, "adamw", device);
-  json["training"]["steps"] = 40;
-  json["training"]["outlier_zscore"] = 6.0;
-  json["training"]["outlier_window"] = 20;
-  Trainer trainer(Config::from_json(json));
+  Trainer trainer(Config::from_json(outlier_config(dir, device)));
   trainer.run(30);
   const float val_loss = trainer.evaluate();
   std::span<float> weights = trainer.backend().weights();

@@ -49,6 +49,7 @@ void Communicator::check_all(bool ok, const std::string& what) {
     if (failed[static_cast<size_t>(r)] != 0.0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
   }
   if (ranks.empty()) return;
+  if (n == 1) fail("{}", what);  // one process: no rank to name
   if (!ok) fail("rank {} of {}: {}", rank(), n, what);
   fail("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
 }

@@ -109,7 +109,8 @@ class Communicator {
   // that reached one rank only).
   virtual bool any(bool flag) = 0;
   // Collective: if `ok` is false on any rank, every rank throws emix::Error
-  // naming the failed ranks and rank-local `what` of this rank.
+  // naming the failed ranks and rank-local `what` of this rank (just `what`
+  // when there is one process).
   void check_all(bool ok, const std::string& what);
 
   // Ends every rank of the job with `code` (MPI_Abort); the local backend
