@@ -9,6 +9,8 @@
 #include "core/error.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
+#include "core/file_io.hpp"
+#include "train/metrics.hpp"
 #include "train/trainer.hpp"
 
 namespace emix {
@@ -50,6 +52,21 @@ TEST(Resume, IsBitExactForEveryOptimizer) {
     EXPECT_TRUE(bitwise_equal(second.backend().weights(), straight.backend().weights()));
     EXPECT_LT(straight.history().back().loss, straight.history().front().loss);
   }
+}
+
+// On resume from step 2 the metrics file keeps the records up to step 2 and
+// drops the rest: later steps, a line torn by a crash, and records whose
+// step is not an integer (no cast of 1e300 to an integer).
+TEST(Resume, MetricsPastTheCheckpointAndOddLinesAreDropped) {
+  test::TempDir dir;
+  const std::filesystem::path path = dir / "metrics.jsonl";
+  write_text_file_atomic(path, "{\"step\":1,\"loss\":5}\n{\"step\":2,\"loss\":4}\n{\"step\":3,\"loss\":3}\n"
+                               "{\"step\":1e300}\n{\"step\":\"2\"}\n[2]\n{\"step\":4,\"lo");
+  {
+    MetricsLog metrics(path, 2);
+    metrics.write(Json{{"step", 3}, {"loss", 2.5}});
+  }
+  EXPECT_EQ(read_text_file(path), "{\"step\":1,\"loss\":5}\n{\"step\":2,\"loss\":4}\n{\"loss\":2.5,\"step\":3}\n");
 }
 
 TEST(Resume, RefusesACheckpointOfAnotherShapeOrOptimizer) {

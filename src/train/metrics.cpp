@@ -12,8 +12,10 @@ const std::filesystem::path& drop_records_after(const std::filesystem::path& pat
   std::string kept;
   for (std::string line; std::getline(lines, line);) {
     Json record = Json::parse(line, nullptr, /*allow_exceptions=*/false);
-    // A torn last line (a crash or a full disk mid-write) is dropped with the rest.
-    if (record.is_discarded() || !record.contains("step")) continue;
+    // A torn last line (a crash or a full disk mid-write) is dropped with the
+    // rest, as is a record whose step is not an integer (a float would be
+    // cast with undefined behaviour).
+    if (record.is_discarded() || !record.contains("step") || !record["step"].is_number_integer()) continue;
     if (record["step"].get<int64_t>() <= keep_through_step) kept += line + "\n";
   }
   write_text_file_atomic(path, kept);
