@@ -167,6 +167,8 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   test::ShellResult run = run_on_small_disk(disk, disk_kib, train, saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
+  // The free-space check warns before the saves that cannot fit.
+  EXPECT_TRUE(contains(run.output, "bytes free, a checkpoint needs about")) << run.output;
   EXPECT_TRUE(contains(run.output, "checkpoint at step 4 failed, the previous ones are kept")) << run.output;
   EXPECT_TRUE(contains(run.output, "step_00000008.tmp/rank_00000.bin: write failed after")) << run.output;
   EXPECT_TRUE(contains(run.output, "No space left on device")) << run.output;
