@@ -40,21 +40,16 @@ Result run(const std::string& arguments) {
   return result;
 }
 
-fs::path tokenizer_dir() {
-  if (const char* dir = std::getenv("EMIX_TOKENIZER_DIR"); dir != nullptr && *dir != '\0') return dir;
-  return test::source_dir() / "data" / "gpt2_tokenizer";
-}
-
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ASSERT_TRUE(fs::exists(tokenizer_dir() / "encoder.json")) << "run scripts/fetch_tokenizer.sh first";
+    ASSERT_TRUE(fs::exists(test::tokenizer_dir() / "encoder.json")) << "run scripts/fetch_tokenizer.sh first";
     // 60 kB of Tiny Shakespeare is plenty for a few steps of a tiny model.
     std::string text = read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000);
     write_text_file_atomic(dir_->path() / "shakespeare.txt", text);
     Result r = run("tokenize --input " + quote((dir_->path() / "shakespeare.txt").string()) + " --output-dir " +
                    quote((dir_->path() / "shards").string()) + " --name tiny --val-tokens 2048 --tokenizer-dir " +
-                   quote(tokenizer_dir().string()));
+                   quote(test::tokenizer_dir().string()));
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -64,7 +59,7 @@ class CliTest : public ::testing::Test {
         {"model", {{"n_layer", 1}, {"n_embd", 32}, {"n_head", 2}, {"block_size", 32}}},
         {"data", {{"train_shards", (dir_->path() / "shards" / "tiny_train_*.bin").string()},
                   {"val_shards", (dir_->path() / "shards" / "tiny_val_*.bin").string()},
-                  {"tokenizer_dir", tokenizer_dir().string()}}},
+                  {"tokenizer_dir", test::tokenizer_dir().string()}}},
         {"optimizer", {{"name", "ademamix"}, {"lr", 1e-3}, {"beta3", 0.999}, {"alpha", 5.0}}},
         {"schedule", {{"name", "cosine"}, {"warmup_steps", 2}}},
         {"training", {{"batch_size", 4}, {"seq_len", 32}, {"steps", 6}, {"eval_interval", 3}, {"eval_batches", 2}}},

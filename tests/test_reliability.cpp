@@ -281,6 +281,31 @@ TEST(Reliability, AnOutOfVocabularyIdMidRunStopsWithACheckpointOfTheLastGoodStep
   EXPECT_EQ(read_params(checkpoints), read_params(dir / "straight" / "checkpoints"));
 }
 
+// `emix tokenize` writing its shards to a 16 KiB disk: 60 kB of text is
+// about 15,000 tokens (30 kB), which cannot fit. The error names the file
+// and the reason, and the disk holds no temporary file and no shard that
+// does not read back whole (here: no file at all, as the training shard is
+// the first written).
+TEST(Reliability, TokenizingOntoAFullDiskLeavesOnlyWholeShards) {
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  fs::create_directory(disk);
+  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  const fs::path text = dir / "shakespeare.txt";
+  write_text_file_atomic(text, read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000));
+  const std::string tokenize = emix("tokenize --input " + quote(text) + " --output-dir " + quote(disk / "run") +
+                                    " --name tiny --val-tokens 2048 --tokenizer-dir " + quote(test::tokenizer_dir()));
+  test::ShellResult run = run_on_small_disk(disk, 16, tokenize, dir / "saved");
+
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_TRUE(contains(run.output, "tiny_train_000000.bin")) << run.output;
+  EXPECT_TRUE(contains(run.output, "No space left on device")) << run.output;
+  for (const auto& entry : fs::directory_iterator(dir / "saved")) {
+    ASSERT_EQ(entry.path().extension(), ".bin") << entry.path();
+    EXPECT_EQ(read_shard_tokens(entry.path()).size(), read_shard_token_count(entry.path())) << entry.path();
+  }
+}
+
 // A save whose files are written but whose read-back does not verify (one
 // byte flipped in between by EMIX_FAULT_CORRUPT_SAVE_AT_STEP, as a faulty
 // disk would): the run fails naming the file, the corrupt checkpoint never

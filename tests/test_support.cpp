@@ -18,6 +18,11 @@ namespace fs = std::filesystem;
 
 fs::path source_dir() { return fs::path(EMIX_SOURCE_DIR); }
 
+fs::path tokenizer_dir() {
+  if (const char* dir = std::getenv("EMIX_TOKENIZER_DIR"); dir != nullptr && *dir != '\0') return dir;
+  return source_dir() / "data" / "gpt2_tokenizer";
+}
+
 fs::path golden_dir() {
   if (const char* dir = std::getenv("GOLDEN_DIR"); dir != nullptr && *dir != '\0') return fs::path(dir);
   return source_dir() / ".." / "shared" / "golden";

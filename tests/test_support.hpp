@@ -39,6 +39,9 @@ template <typename T>
 std::vector<T> read_binary(const std::filesystem::path& path);
 
 std::filesystem::path source_dir();
+// GPT-2's tokenizer files: $EMIX_TOKENIZER_DIR, else data/gpt2_tokenizer
+// (scripts/fetch_tokenizer.sh puts them there).
+std::filesystem::path tokenizer_dir();
 
 // Every subfolder of golden_dir() named gpt2_*, sorted.
 std::vector<std::filesystem::path> golden_model_dirs();

@@ -20,20 +20,15 @@ namespace emix {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path tokenizer_dir() {
-  if (const char* dir = std::getenv("EMIX_TOKENIZER_DIR"); dir != nullptr && *dir != '\0') return dir;
-  return test::source_dir() / "data" / "gpt2_tokenizer";
-}
-
 // Tests that need GPT-2's files fail (not skip) without them: CI fetches them.
 class Gpt2Test : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs::exists(tokenizer_dir() / "encoder.json") && fs::exists(tokenizer_dir() / "vocab.bpe"))
-        << "GPT-2's tokenizer files are not in " << tokenizer_dir() << ": run scripts/fetch_tokenizer.sh";
+    ASSERT_TRUE(fs::exists(test::tokenizer_dir() / "encoder.json") && fs::exists(test::tokenizer_dir() / "vocab.bpe"))
+        << "GPT-2's tokenizer files are not in " << test::tokenizer_dir() << ": run scripts/fetch_tokenizer.sh";
   }
   static const Gpt2Tokenizer& tokenizer() {
-    static const Gpt2Tokenizer loaded = Gpt2Tokenizer::load(tokenizer_dir());
+    static const Gpt2Tokenizer loaded = Gpt2Tokenizer::load(test::tokenizer_dir());
     return loaded;
   }
 };
@@ -325,8 +320,8 @@ void expect_error_naming(const fs::path& dir, const std::string& file, const std
 TEST_F(Gpt2Test, BadTokenizerFilesGiveErrorsNamingTheFile) {
   test::TempDir dir;
   expect_error_naming(dir.path(), "encoder.json", "");  // missing
-  std::string encoder = read_text_file(tokenizer_dir() / "encoder.json");
-  std::string merges = read_text_file(tokenizer_dir() / "vocab.bpe");
+  std::string encoder = read_text_file(test::tokenizer_dir() / "encoder.json");
+  std::string merges = read_text_file(test::tokenizer_dir() / "vocab.bpe");
   write_text_file_atomic(dir / "encoder.json", encoder.substr(0, 1000));
   expect_error_naming(dir.path(), "encoder.json", "invalid JSON");
 
