@@ -28,6 +28,14 @@ namespace emix::test {
       GTEST_SKIP() << "no CUDA device (" << emix_why_no_gpu << "): GPU test not run"; \
   } while (0)
 
+// The current device's compute capability major number (9: Hopper).
+inline int compute_capability_major() {
+  int device = 0, major = 0;
+  EMIX_CUDA_CHECK(cudaGetDevice(&device));
+  EMIX_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  return major;
+}
+
 // An owning device allocation of n elements of T.
 template <typename T>
 class DeviceBuffer {

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include <cudnn.h>
+
 #include "core/error.hpp"
 #include "cuda/cuda_test_support.hpp"
 #include "kernels/cpu/attention.hpp"
@@ -162,18 +164,24 @@ TEST_P(CudaAttentionTest, CudnnMatchesReference) {
     lse_expected[row] = static_cast<float>(max_score + std::log(sum));
   }
 
+  // A refusal of this shape or device by one backward is said out loud and
+  // the other is still checked (the test skips when both are refused); any
+  // other error, or wrong numbers, fails.
+  std::string refusals;
+  int refused = 0;
   for (const bool deterministic : {true, false}) {
     SCOPED_TRACE(deterministic ? "deterministic backward" : "atomic backward");
-    // A refusal of this shape or device is a skip, said out loud; any other
-    // error, or wrong numbers, fails.
     AttentionRun run;
     try {
       auto cudnn = cuda::make_cudnn_attention(deterministic);
       ASSERT_EQ(cudnn->saved_bytes(s.B, s.T, s.C, s.NH), rows * sizeof(float));
       run = run_attention(*cudnn, s, to_bf16(qkv_), to_bf16(dout_));
     } catch (const Error& e) {
-      if (std::string(e.what()).find("not supported") != std::string::npos) GTEST_SKIP() << e.what();
-      throw;
+      if (std::string(e.what()).find("not supported") == std::string::npos) throw;
+      std::printf("[  NOTE    ] %s backward refused: %s\n", deterministic ? "deterministic" : "atomic", e.what());
+      refusals += std::string(refusals.empty() ? "" : "; ") + e.what();
+      ++refused;
+      continue;
     }
 
     std::vector<float> lse(rows);
@@ -189,6 +197,7 @@ TEST_P(CudaAttentionTest, CudnnMatchesReference) {
           << names[part];
     }
   }
+  if (refused == 2) GTEST_SKIP() << refusals;
 }
 
 INSTANTIATE_TEST_SUITE_P(AwkwardShapes, CudaAttentionTest,
@@ -208,9 +217,13 @@ size_t differing_elements(const std::vector<float>& a, const std::vector<float>&
 // GPT-2 124M attention layer at B=16 — a size where the atomic backward's
 // dQ sums can land in a different order. How many elements the atomic
 // backward changes between runs is printed, not checked: it may vary, it
-// need not.
+// need not. The runtime cuDNN version is printed (the GPU machine's may
+// differ from the one built against). On Hopper this shape must be
+// supported: a refusal fails there, and is a skip elsewhere.
 TEST(CudaAttention, CudnnDeterministicBackwardIsBitwiseReproducible) {
   EMIX_REQUIRE_GPU();
+  std::printf("[  NOTE    ] cuDNN %zu at run time, %d at build time\n", cudnnGetVersion(), CUDNN_VERSION);
+  const int major = test::compute_capability_major();
   const AttentionShape s{16, 1024, 768, 12};
   const size_t bt = static_cast<size_t>(s.B) * s.T;
   const std::vector<bf16> qkv = to_bf16(random_floats(bt * 3 * s.C, 31, 1.5f));
@@ -226,8 +239,10 @@ TEST(CudaAttention, CudnnDeterministicBackwardIsBitwiseReproducible) {
       auto fresh = cuda::make_cudnn_attention(deterministic);
       runs.push_back(run_attention(*fresh, s, qkv, dout));
     } catch (const Error& e) {
-      if (std::string(e.what()).find("not supported") != std::string::npos) GTEST_SKIP() << e.what();
-      throw;
+      if (major == 9 || std::string(e.what()).find("not supported") == std::string::npos) throw;
+      std::printf("[  NOTE    ] %s backward refused on compute capability %d.x: %s\n",
+                  deterministic ? "deterministic" : "atomic", major, e.what());
+      continue;
     }
     EXPECT_EQ(count_nonfinite(runs[0].dqkv), 0u);
     for (size_t r = 1; r < runs.size(); ++r) {

@@ -256,7 +256,11 @@ TEST(CudaModel, ResumesBitExactlyAndIsDeterministic) {
         straight = std::make_unique<Trainer>(Config::from_json(json));
         ASSERT_TRUE(straight->run());
       } catch (const Error& e) {
-        if (attention == "reference" || std::string(e.what()).find("not supported") == std::string::npos) throw;
+        // On Hopper cuDNN must take the tiny model (head size 8): a refusal fails there.
+        if (attention == "reference" || test::compute_capability_major() == 9 ||
+            std::string(e.what()).find("not supported") == std::string::npos) {
+          throw;
+        }
         std::printf("[  NOTE    ] cuDNN attention unavailable, not checked: %s\n", e.what());
         break;
       }

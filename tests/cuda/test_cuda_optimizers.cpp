@@ -349,7 +349,9 @@ TEST(CudaOptimizers, AdemamixNarrowM2IsBitIdenticalToTheCpu) {
       not_bf16 += (bits & 0xFFFFu) != 0;
       mismatches += std::memcmp(&device.state[m2][i], &cpu.state[m2][i], sizeof(float)) != 0;
     }
-    if (!int8) EXPECT_EQ(not_bf16, 0u) << "m2 values that are not bf16";
+    if (!int8) {
+      EXPECT_EQ(not_bf16, 0u) << "m2 values that are not bf16";
+    }
     EXPECT_EQ(mismatches, 0u) << "m2 values that differ from the CPU's";
   }
 }

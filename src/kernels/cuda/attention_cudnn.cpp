@@ -40,9 +40,13 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <vector>
+
+#include <spdlog/spdlog.h>
 
 #include "core/error.hpp"
 #include "kernels/cuda/attention.cuh"
@@ -57,7 +61,7 @@ bool is_not_supported(cudnnStatus_t status) { return CUDNN_STATUS_CATEGORY(statu
 
 // Names cuDNN's status and its own explanation of the last failure; "not
 // supported" marks the refusals of a shape or device (as opposed to errors).
-[[noreturn]] void fail_cudnn(cudnnStatus_t status, const std::string& where, const char* what) {
+[[noreturn]] void fail_cudnn(cudnnStatus_t status, const std::string& where, std::string_view what) {
   std::string detail(1024, '\0');
   cudnnGetLastErrorString(detail.data(), detail.size());
   detail.resize(std::strlen(detail.c_str()));
@@ -191,8 +195,13 @@ class GraphBuilder {
   }
 
   // The operation graph, the heuristics' engine configurations in order, and
-  // the first of them that finalizes into a plan; with `deterministic`, the
-  // first that cuDNN does not mark nondeterministic.
+  // the first of them that finalizes into a plan. With `deterministic`, the
+  // engines cuDNN marks CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC come last:
+  // the graph itself (dQ written directly, cuDNN's dP-workspace algorithm) is
+  // what cudnn-frontend relies on for determinism on Hopper, and whether
+  // cuDNN also marks the fused engine is not documented, so such an engine is
+  // used with a warning rather than refused (CudaAttention's bit-identity
+  // test shows which way it is).
   Plan build(bool deterministic) {
     Descriptor& graph = add(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_);
@@ -204,45 +213,31 @@ class GraphBuilder {
     // A refusal (of the heuristics or of an engine) only moves on to the
     // next candidate; the last status is what the error reports.
     cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-    size_t proposed = 0;
-    size_t nondeterministic = 0;
+    std::vector<std::unique_ptr<Descriptor>> candidates, marked;
     for (const cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
-      std::vector<std::unique_ptr<Descriptor>> configs = engine_configs(graph_descriptor, mode, &last);
-      proposed += configs.size();
-      for (std::unique_ptr<Descriptor>& config : configs) {
-        if (deterministic && marked_nondeterministic(config->get())) {
-          ++nondeterministic;
-          continue;
-        }
-        auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, where_);
-        const cudnnBackendDescriptor_t config_descriptor = config->get();
-        set(*plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_);
-        set(*plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &config_descriptor);
-        const cudnnStatus_t finalized = cudnnBackendFinalize(plan->get());
-        if (finalized != CUDNN_STATUS_SUCCESS) {
-          last = finalized;
-          continue;
-        }
-        Plan result;
-        int64_t count = 0;
-        check_cudnn(cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
-                                             &count, &result.workspace_bytes),
-                    where_, "reading the plan's workspace size");
-        result.plan = std::move(plan);
-        result.descriptors = std::move(descriptors_);
-        result.descriptors.push_back(std::move(config));
-        return result;
+      for (std::unique_ptr<Descriptor>& config : engine_configs(graph_descriptor, mode, &last)) {
+        const bool defer = deterministic && marked_nondeterministic(config->get());
+        (defer ? marked : candidates).push_back(std::move(config));
       }
     }
-    if (nondeterministic > 0 && nondeterministic == proposed) {
-      fail("cuDNN attention ({}) found no deterministic engine: cuDNN marks all {} engine configurations its "
-           "heuristics proposed CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC (set cuda.deterministic false, or "
-           "cuda.attention \"reference\")",
-           where_, proposed);
+    const size_t proposed = candidates.size() + marked.size();
+    for (std::unique_ptr<Descriptor>& config : candidates) {
+      if (std::optional<Plan> plan = finalize_plan(std::move(config), &last)) return std::move(*plan);
+    }
+    for (std::unique_ptr<Descriptor>& config : marked) {
+      if (std::optional<Plan> plan = finalize_plan(std::move(config), &last)) {
+        spdlog::warn("cuDNN attention ({}): no engine without CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC accepted the "
+                     "deterministic graph ({} of {} proposed carry the note); using a marked one, so bitwise "
+                     "reproducibility rests on the graph alone",
+                     where_, marked.size(), proposed);
+        return std::move(*plan);
+      }
     }
     fail_cudnn(is_not_supported(last) || proposed == 0 ? CUDNN_STATUS_NOT_SUPPORTED : last, where_,
-               proposed == 0 ? "finding an engine (the heuristics proposed none)"
-                             : "finalizing an execution plan (no proposed engine accepted the graph)");
+               proposed == 0 ? std::string("finding an engine (the heuristics proposed none)")
+                             : fmt::format("finalizing an execution plan (none of the {} proposed engines accepted "
+                                           "the graph; {} of them marked nondeterministic)",
+                                           proposed, marked.size()));
   }
 
  private:
@@ -276,6 +271,29 @@ class GraphBuilder {
                 where_, "reading the engine heuristics' results");
     configs.resize(static_cast<size_t>(std::min(returned, count)));
     return configs;
+  }
+
+  // The execution plan of one engine configuration, or nullopt (with *status
+  // set) when the engine refuses the graph.
+  std::optional<Plan> finalize_plan(std::unique_ptr<Descriptor> config, cudnnStatus_t* status) {
+    auto plan = std::make_unique<Descriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, where_);
+    const cudnnBackendDescriptor_t config_descriptor = config->get();
+    set(*plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle_);
+    set(*plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &config_descriptor);
+    const cudnnStatus_t finalized = cudnnBackendFinalize(plan->get());
+    if (finalized != CUDNN_STATUS_SUCCESS) {
+      *status = finalized;
+      return std::nullopt;
+    }
+    Plan result;
+    int64_t count = 0;
+    check_cudnn(cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                                         &count, &result.workspace_bytes),
+                where_, "reading the plan's workspace size");
+    result.plan = std::move(plan);
+    result.descriptors = std::move(descriptors_);
+    result.descriptors.push_back(std::move(config));
+    return result;
   }
 
   // Whether cuDNN lists CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC among the
@@ -385,12 +403,14 @@ int compute_capability_major() {
 class CudnnAttention final : public Attention {
  public:
   explicit CudnnAttention(bool deterministic) : deterministic_(deterministic) {
-    const int major = deterministic_ ? compute_capability_major() : 0;
-    if (major >= 10) {
+    // cuDNN's dP-workspace backward is deterministic on Hopper (sm_90); newer
+    // architectures need a pinned engine configuration this backend does not
+    // build, and older ones have no such guarantee.
+    const int major = deterministic_ ? compute_capability_major() : 9;
+    if (major != 9) {
       fail(
-          "cuDNN attention with a deterministic backward is not supported here on compute capability {}.x: cuDNN "
-          "needs a pinned engine configuration there that this backend does not build (set cuda.deterministic "
-          "false, or cuda.attention \"reference\")",
+          "cuDNN attention with a deterministic backward is supported here on compute capability 9.x (Hopper) "
+          "only, not {}.x (set cuda.deterministic false, or cuda.attention \"reference\")",
           major);
     }
     check_cudnn(cudnnCreate(&handle_), "creating the handle", "cudnnCreate");
