@@ -115,6 +115,15 @@ class ReferenceAttention final : public Attention {
     (void)C;
     return static_cast<size_t>(B) * NH * T * T * sizeof(bf16);
   }
+  // q, k, v, dy (bf16), scores or their gradient (fp32), the softmax
+  // backward's output (bf16) and the three head outputs (fp32), as the
+  // calls below take them.
+  size_t scratch_bytes(int B, int T, int C, int NH) const override {
+    const size_t head_elements = static_cast<size_t>(B) * T * C;
+    const size_t score_elements = static_cast<size_t>(B) * NH * T * T;
+    return 4 * head_elements * sizeof(bf16) + score_elements * (sizeof(float) + sizeof(bf16)) +
+           3 * head_elements * sizeof(float);
+  }
 
   void forward(bf16* out, void* saved, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) override {
     const Shape s = shape(B, T, C, NH);

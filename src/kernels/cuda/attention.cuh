@@ -21,6 +21,10 @@ class Attention {
   // Bytes of saved state (per call, for B,T,C,NH) the forward keeps for the
   // backward, and of scratch the object itself holds.
   virtual size_t saved_bytes(int B, int T, int C, int NH) const = 0;
+  // Bytes of scratch the object allocates for calls of this shape and keeps
+  // between them (for the startup memory table). cuDNN's is an estimate:
+  // its plans' own workspace is known only once they are built on a device.
+  virtual size_t scratch_bytes(int B, int T, int C, int NH) const = 0;
   // out [B,T,C] from qkv; `saved` (saved_bytes) is kept for the backward.
   virtual void forward(bf16* out, void* saved, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) = 0;
   // dqkv [B,T,3C] (overwritten) from dout, given the forward's inputs,

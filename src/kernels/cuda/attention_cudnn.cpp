@@ -426,6 +426,14 @@ class CudnnAttention final : public Attention {
     (void)C;
     return static_cast<size_t>(B) * NH * T * sizeof(float);  // the log-sum-exp stats
   }
+  // The backward's row sums and either the fp32 dQ accumulator (atomic) or,
+  // for the deterministic plan's own workspace, its dS of B·NH·T·T bf16
+  // values; the forward's workspace is small beside them.
+  size_t scratch_bytes(int B, int T, int C, int NH) const override {
+    const Shape s{B, T, C, NH, C / NH};
+    const size_t dp_workspace = static_cast<size_t>(B) * NH * T * T * sizeof(bf16);
+    return s.row_dot_sum_bytes() + (deterministic_ ? dp_workspace : s.dq_accum_bytes());
+  }
 
   void forward(bf16* out, void* saved, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) override {
     const Shape s = shape(B, T, C, NH);

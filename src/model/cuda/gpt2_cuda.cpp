@@ -364,7 +364,9 @@ std::vector<MemoryItem> Gpt2Cuda::memory_table(int B, int T) const {
   const size_t P = layout_.num_parameters();
   std::vector<MemoryItem> table = {{"master weights (fp32)", P * sizeof(float)},
                                    {"weights (bf16)", P * sizeof(bf16)},
-                                   {"gradients (bf16)", P * sizeof(bf16)}};
+                                   {"gradients (bf16)", P * sizeof(bf16)},
+                                   {"attention scratch", acts_->attention->scratch_bytes(B, T, config_.n_embd,
+                                                                                          config_.n_head)}};
   ActivationBuffers planner;
   const size_t attention_bytes = acts_->attention->saved_bytes(B, T, config_.n_embd, config_.n_head);
   plan_activations(planner, config_, options_.recompute, B, T, attention_bytes, [&](auto*&, size_t, size_t bytes, const char* name) {
