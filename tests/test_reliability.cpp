@@ -115,9 +115,10 @@ test::ShellResult run_in_private_mount_namespace(const std::string& script) {
   return test::run_shell("unshare -rm sh -c " + test::shell_quote(script));
 }
 
-// Why a test cannot mount a private tmpfs on this machine (no user
-// namespaces, no unshare), or "" when it can.
+// Creates `mount_point` and says why a test cannot mount a private tmpfs on
+// it on this machine (no user namespaces, no unshare), or "" when it can.
 std::string why_no_private_tmpfs(const fs::path& mount_point) {
+  fs::create_directories(mount_point);
   test::ShellResult probe = run_in_private_mount_namespace("mount -t tmpfs -o size=4k tmpfs " + quote(mount_point));
   if (probe.exit_code == 0) return "";
   return "cannot mount a private tmpfs here (unshare -rm sh -c 'mount -t tmpfs ...' exited " +
@@ -155,7 +156,6 @@ void expect_no_partial_checkpoint(const fs::path& dir) {
 TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  fs::create_directory(disk);
   if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   Json json = test::tiny_run_config(dir, "adamw", "disk/run");
@@ -192,7 +192,6 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
 TEST(Reliability, AFullDiskUnderTheMetricsFileStopsWithACheckpoint) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  fs::create_directory(disk);
   if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   Json json = test::tiny_run_config(dir, "adamw", "disk/run");
@@ -289,7 +288,6 @@ TEST(Reliability, AnOutOfVocabularyIdMidRunStopsWithACheckpointOfTheLastGoodStep
 TEST(Reliability, TokenizingOntoAFullDiskLeavesOnlyWholeShards) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  fs::create_directory(disk);
   if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   const fs::path text = dir / "shakespeare.txt";
   write_text_file_atomic(text, read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000));
