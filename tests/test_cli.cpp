@@ -21,24 +21,11 @@ namespace emix {
 namespace {
 namespace fs = std::filesystem;
 
-struct Result {
-  int exit_code = -1;
-  std::string output;
-};
+using Result = test::ShellResult;
 
-std::string quote(const std::string& s) { return "'" + s + "'"; }
+std::string quote(const std::string& s) { return test::shell_quote(s); }
 
-Result run(const std::string& arguments) {
-  std::string command = quote(EMIX_BINARY) + " " + arguments + " 2>&1";
-  Result result;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  char buffer[4096];
-  size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return result;
-}
+Result run(const std::string& arguments) { return test::run_shell(test::emix_command(arguments)); }
 
 class CliTest : public ::testing::Test {
  protected:

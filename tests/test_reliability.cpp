@@ -94,9 +94,6 @@ TEST(Reliability, MilestonesSurvivePruning) {
   EXPECT_EQ(names, (std::vector<std::string>{"step_00000010", "step_00000011"}));
 }
 
-// `emix ARGUMENTS` as a shell command.
-std::string emix(const std::string& arguments) { return test::shell_quote(EMIX_BINARY) + " " + arguments; }
-
 std::string quote(const fs::path& path) { return test::shell_quote(path.string()); }
 
 // Writes `json` to `path`; returns `--config PATH` for emix train.
@@ -162,7 +159,7 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   json["training"]["steps"] = 8;
   json["checkpoint"] = {{"interval", 2}, {"keep_last", 1}};
   const uint64_t disk_kib = (checkpoint_bytes(json, dir / "sizing") + 4095) / 4096 * 4 + 64;
-  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
   test::ShellResult run = run_on_small_disk(disk, disk_kib, train, saved);
 
@@ -198,7 +195,7 @@ TEST(Reliability, AFullDiskUnderTheMetricsFileStopsWithACheckpoint) {
   const int64_t steps = 60;
   json["training"]["steps"] = steps;
   json["checkpoint"] = {{"dir", (dir / "checkpoints").string()}, {"keep_last", 1}};
-  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
   test::ShellResult run = run_on_small_disk(disk, 16, train, saved);
 
@@ -249,7 +246,7 @@ TEST(Reliability, AnOutOfVocabularyIdMidRunStopsWithACheckpointOfTheLastGoodStep
   json["data"]["shuffle"] = false;
   json["training"]["steps"] = 10;
   json["checkpoint"]["interval"] = 2;
-  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
 
   test::ShellResult run = test::run_shell(train);
   EXPECT_EQ(run.exit_code, 1) << run.output;
@@ -291,7 +288,7 @@ TEST(Reliability, TokenizingOntoAFullDiskLeavesOnlyWholeShards) {
   if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   const fs::path text = dir / "shakespeare.txt";
   write_text_file_atomic(text, read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000));
-  const std::string tokenize = emix("tokenize --input " + quote(text) + " --output-dir " + quote(disk / "run") +
+  const std::string tokenize = test::emix_command("tokenize --input " + quote(text) + " --output-dir " + quote(disk / "run") +
                                     " --name tiny --val-tokens 2048 --tokenizer-dir " + quote(test::tokenizer_dir()));
   test::ShellResult run = run_on_small_disk(disk, 16, tokenize, dir / "saved");
 
@@ -315,7 +312,7 @@ TEST(Reliability, ACheckpointThatFailsVerificationNeverReplacesTheOlderOne) {
   Json json = test::tiny_run_config(dir, "adamw", "run");
   json["training"]["steps"] = 7;
   json["checkpoint"] = {{"interval", 3}, {"keep_last", 1}};
-  const std::string train = emix("train " + config_option(dir / "run.json", json));
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
 
   test::ShellResult run = test::run_shell("EMIX_FAULT_CORRUPT_SAVE_AT_STEP=7 " + train);
   EXPECT_EQ(run.exit_code, 1) << run.output;

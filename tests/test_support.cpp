@@ -109,6 +109,8 @@ std::string shell_quote(const std::string& text) {
   return quoted + "'";
 }
 
+std::string emix_command(const std::string& arguments) { return shell_quote(EMIX_BINARY) + " " + arguments; }
+
 std::vector<float> random_normal_vector(size_t size, uint64_t seed) {
   Rng rng(seed);
   std::vector<float> values(size);

@@ -65,6 +65,8 @@ struct ShellResult {
 ShellResult run_shell(const std::string& command);
 // `text` quoted for a shell command line.
 std::string shell_quote(const std::string& text);
+// The emix executable under test with `arguments`, as a shell command line.
+std::string emix_command(const std::string& arguments);
 
 // What the every-optimizer tests cover: each registered optimizer with its
 // defaults, and AdEMAMix's narrow m2 storages.
