@@ -3,8 +3,9 @@
 // [OC, IC] (PyTorch's and the CPU backend's layout), bf16 operands, fp32
 // accumulation. Bias and GELU are fused into the product's epilogue where
 // cuBLASLt offers it; descriptors and algorithm choices are cached per
-// shape, so steady-state calls only launch. The same cache serves the
-// strided-batched products of the reference attention (batched()).
+// shape, so steady-state calls only launch. The same code, with a Matmul of
+// its own, serves the strided-batched products of the reference attention
+// (batched()).
 #include <cstdint>
 #include <memory>
 
