@@ -187,13 +187,15 @@ TEST_F(CliTest, SigkillAtRandomMomentsLosesNothingButTheCurrentSteps) {
 }
 
 // The plan of emix memory: whole buffers at stage 0, shards at stage 1 that
-// shrink with the number of ranks, bf16 m2 at half the bytes on a GPU.
+// shrink with the number of ranks, m2 alone at stage m2, bf16 m2 at half the
+// bytes on a GPU.
 TEST_F(CliTest, MemoryPlansTheStatePerRank) {
   const fs::path config = write_config("memory", {{"device", "cuda"}, {"optimizer", {{"m2_dtype", "bfloat16"}}}});
   Result result = run("memory --config " + quote(config.string()) + " --max-ranks 4");
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("ZeRO stage 0"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("ZeRO stage 1"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("ZeRO stage m2 (m2 sharded, the rest replicated)"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("optimizer m2 (bf16)"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("master weights (fp32)"), std::string::npos) << result.output;
   EXPECT_NE(run("memory --config " + quote(config.string()) + " --max-ranks 0").exit_code, 0);

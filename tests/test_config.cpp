@@ -127,6 +127,18 @@ TEST(Config, OverridesParseJsonOrStrings) {
   EXPECT_EQ(c.optimizer.at("name"), "adamw");
   EXPECT_EQ(c.logging.run_dir, "runs/x");
   EXPECT_FALSE(c.data.shuffle);
+  apply_override(j, "training.zero_stage=m2");
+  EXPECT_EQ(Config::from_json(j).training.zero_stage, ZeroStage::shard_m2);
+  EXPECT_EQ(Config::from_json(j).to_json()["training"]["zero_stage"], "m2");
+  apply_override(j, "training.zero_stage=1");
+  EXPECT_EQ(Config::from_json(j).training.zero_stage, ZeroStage::shard_all);
+  for (const char* bad : {"training.zero_stage=2", "training.zero_stage=m1", "training.zero_stage=true"}) {
+    Json k = j;
+    apply_override(k, bad);
+    EXPECT_NE(error_of([&] { Config::from_json(k); }).find("'training.zero_stage' must be 0, 1 or \"m2\""),
+              std::string::npos)
+        << bad;
+  }
   EXPECT_THROW(apply_override(j, "no_equals_sign"), Error);
   EXPECT_THROW(apply_override(j, "training.steps.deeper=1"), Error);
 }

@@ -5,13 +5,15 @@
 //
 // The global batch is 12 micro-batches of one sequence, so every N in 1..4
 // divides it. What is compared:
-//   - every optimizer, ZeRO stage 0 and 1: parameters after 6 steps, the
-//     losses and gradient norms, against the single-process run. The sums of gradients over micro-batches are taken in another order
-//     (in place within a rank, in rank order across ranks), so against a
-//     single process the match is to a tolerance (kParamTolerance); stage 0
-//     and stage 1 with the same ranks are bit-identical (same sums, same
-//     norm, elementwise updates).
-//   - resume with the same ranks is bit-exact at both stages;
+//   - every optimizer, ZeRO stage 0, 1 and m2: parameters after 6 steps,
+//     the losses and gradient norms, against the single-process run. The
+//     sums of gradients over micro-batches are taken in another order (in
+//     place within a rank, in rank order across ranks), so against a single
+//     process the match is to a tolerance (kParamTolerance); the three stages
+//     with the same ranks are bit-identical (same sums, same norm,
+//     elementwise updates).
+//   - resume with the same ranks is bit-exact at every stage, and so is a
+//     run whose stage changes at each resume;
 //   - checkpoints move between N ranks and a single process both ways and
 //     continue the run;
 //   - a checkpoint with a rank's file missing is refused, naming the file.
@@ -31,6 +33,7 @@
 #include "core/file_io.hpp"
 #include "data/shard.hpp"
 #include "distributed/communicator.hpp"
+#include "optim/grad_clip.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
 #include "train/trainer.hpp"
@@ -73,7 +76,7 @@ class SharedDir {
 
 // With the forgetting probe on, so its injection and its measurements are
 // compared across rank counts too.
-Json run_config(const fs::path& dir, const std::string& optimizer, const std::string& run, int zero_stage,
+Json run_config(const fs::path& dir, const std::string& optimizer, const std::string& run, const Json& zero_stage,
                 const Json& optimizer_overrides = Json::object()) {
   Json config{
       {"model", {{"vocab_size", test::kTinyVocab}, {"padded_vocab_size", test::kTinyVocab}, {"n_layer", 2}, {"n_embd", 32}, {"n_head", 2}, {"block_size", 16}}},
@@ -156,30 +159,45 @@ void expect_close_to_reference(const Reference& reference, Trainer& trainer) {
   }
 }
 
+// training.zero_stage as the config spells it, and as a label.
+const Json kStages[] = {0, 1, "m2"};
+std::string stage_label(const Json& stage) { return stage.is_string() ? stage.get<std::string>() : stage.dump(); }
+
 TEST(DataParallel, EveryOptimizerAtEveryStageMatchesTheSingleProcessRun) {
   SharedDir dir;
   for (const test::OptimizerVariant& v : test::optimizer_variants()) {
     SCOPED_TRACE(v.label);
     const Reference reference = single_process_run(v.name, v.overrides);
-    std::vector<float> stage_weights[2];
-    for (int stage : {0, 1}) {
-      SCOPED_TRACE("zero_stage " + std::to_string(stage));
-      Trainer trainer(Config::from_json(run_config(dir.path(), v.name, v.label + std::to_string(stage), stage, v.overrides)),
+    std::vector<float> stage_zero_weights;
+    for (const Json& stage : kStages) {
+      SCOPED_TRACE("zero_stage " + stage_label(stage));
+      Trainer trainer(Config::from_json(run_config(dir.path(), v.name, v.label + stage_label(stage), stage, v.overrides)),
                       nullptr, &comm());
       ASSERT_TRUE(trainer.run());
       expect_close_to_reference(reference, trainer);
-      stage_weights[stage] = weights_of(trainer);
+      if (stage == 0) stage_zero_weights = weights_of(trainer);
+      EXPECT_TRUE(same_bits(weights_of(trainer), stage_zero_weights)) << "differs from stage 0";
     }
-    EXPECT_TRUE(same_bits(stage_weights[0], stage_weights[1])) << "stage 0 and stage 1 differ";
   }
+}
+
+// AdEMAMix with β1 = 0 keeps no m1: its m2 is sharded all the same.
+TEST(DataParallel, AdemamixWithoutM1ShardsM2Alone) {
+  SharedDir dir;
+  const Json no_m1{{"beta1", 0.0}};
+  const Reference reference = single_process_run("ademamix", no_m1);
+  Trainer trainer(Config::from_json(run_config(dir.path(), "ademamix", "no_m1", "m2", no_m1)), nullptr, &comm());
+  ASSERT_TRUE(trainer.run());
+  expect_close_to_reference(reference, trainer);
 }
 
 TEST(DataParallel, ResumeWithTheSameRanksIsBitExact) {
   SharedDir dir;
   for (const char* name : {"adamw", "ademamix", "schedule_free_adamw", "mars"}) {
-    for (int stage : {0, 1}) {
-      SCOPED_TRACE(std::string(name) + " zero_stage " + std::to_string(stage));
-      const std::string tag = std::string(name) + std::to_string(stage);
+    for (const Json& stage : kStages) {
+      if (stage == "m2" && std::string(name) != "ademamix") continue;  // the others shard nothing there
+      SCOPED_TRACE(std::string(name) + " zero_stage " + stage_label(stage));
+      const std::string tag = std::string(name) + stage_label(stage);
       Trainer straight(Config::from_json(run_config(dir.path(), name, tag + "_straight", stage)), nullptr, &comm());
       ASSERT_TRUE(straight.run());
       Config config = Config::from_json(run_config(dir.path(), name, tag + "_resumed", stage));
@@ -197,14 +215,65 @@ TEST(DataParallel, ResumeWithTheSameRanksIsBitExact) {
   }
 }
 
-// N ranks → one process, and one process → N ranks, at stage 1 (the
-// checkpoint has one part per rank, or one part for everything).
+// Stage m2 for two steps, stage 1 for two, stage 0 to the end: each
+// checkpoint is read at another stage than it was written at (m2 in every
+// rank's file and m1, ν in rank 0's; everything split; everything whole),
+// and the run is the straight one bit for bit. int8 m2, whose blocks must
+// line up with the shards.
+TEST(DataParallel, TheStageCanChangeAtEachResume) {
+  SharedDir dir;
+  const Json int8{{"m2_dtype", "int8"}};
+  Trainer straight(Config::from_json(run_config(dir.path(), "ademamix", "straight", 0, int8)), nullptr, &comm());
+  ASSERT_TRUE(straight.run());
+  // One checkpoint directory for the three legs.
+  Json document = run_config(dir.path(), "ademamix", "changing", "m2", int8);
+  const Config first_leg = Config::from_json(document);
+  Trainer(first_leg, nullptr, &comm()).run(2);
+  document["checkpoint"]["dir"] = first_leg.checkpoint_dir().string();
+  auto resume_at_stage = [&](const Json& stage) {
+    document["training"]["zero_stage"] = stage;
+    auto checkpoint = open_latest_checkpoint(first_leg.checkpoint_dir());
+    EXPECT_TRUE(checkpoint.has_value());
+    return std::make_unique<Trainer>(Config::from_json(document), &*checkpoint, &comm());
+  };
+  EXPECT_FALSE(resume_at_stage(1)->run(4));
+  auto last_leg = resume_at_stage(0);
+  ASSERT_TRUE(last_leg->run());
+  EXPECT_TRUE(same_bits(weights_of(*last_leg), weights_of(straight)));
+}
+
+// The memory plan at stage m2: m2 shrinks with the ranks, the rest does
+// not; without an m2 it is stage 0's.
+TEST(DataParallel, StageM2PlansMemoryForM2Alone) {
+  const size_t parameters = 1000000;
+  const ShardPlan plan = ShardPlan::make(parameters, 4, 0, kSumOfSquaresBlock);
+  auto bytes_of = [](const std::vector<MemoryRow>& rows, const std::string& what) {
+    for (const auto& row : rows) {
+      if (row.what == what) return row.bytes;
+    }
+    return uint64_t{0};
+  };
+  const auto ademamix = optimizer_state_layout(Json{{"name", "ademamix"}});
+  const auto rows = per_rank_memory(parameters, Placement::device, ademamix, plan, ZeroStage::shard_m2);
+  EXPECT_EQ(bytes_of(rows, "optimizer m2 (fp32)"), 4 * plan.chunk);
+  EXPECT_EQ(bytes_of(rows, "optimizer m1 (fp32)"), 4 * parameters);
+  EXPECT_EQ(bytes_of(rows, "optimizer nu (fp32)"), 4 * parameters);
+  EXPECT_EQ(bytes_of(rows, "master weights (fp32)"), 4 * parameters);
+  const auto adamw = optimizer_state_layout(Json{{"name", "adamw"}});
+  const auto m2_rows = per_rank_memory(parameters, Placement::host, adamw, plan, ZeroStage::shard_m2);
+  const auto zero_rows = per_rank_memory(parameters, Placement::host, adamw, plan, ZeroStage::replicate);
+  ASSERT_EQ(m2_rows.size(), zero_rows.size());
+  for (size_t i = 0; i < m2_rows.size(); ++i) EXPECT_EQ(m2_rows[i].bytes, zero_rows[i].bytes) << m2_rows[i].what;
+}
+
+// N ranks at stage m2 → one process, and one process → N ranks at stage 1
+// (the checkpoint has m2 in one part per rank, or one part for everything).
 TEST(DataParallel, CheckpointsMoveBetweenRankCounts) {
   SharedDir dir;
   const std::string name = "ademamix";
   const Reference reference = single_process_run(name);
 
-  Config sharded = Config::from_json(run_config(dir.path(), name, "sharded", 1));
+  Config sharded = Config::from_json(run_config(dir.path(), name, "sharded", "m2"));
   Trainer(sharded, nullptr, &comm()).run(3);
   comm().barrier();
   if (comm().rank() == 0) {

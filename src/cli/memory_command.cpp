@@ -35,8 +35,14 @@ void print_plan(const MemoryOptions& options) {
   std::printf("%s: %s parameters, optimizer %s, device %s; GiB per rank (activations not included)\n",
               options.config_path.c_str(), format_count(static_cast<double>(parameters)).c_str(),
               config.optimizer.at("name").get<std::string>().c_str(), config.device.c_str());
-  for (int stage : {0, 1}) {
-    std::printf("\nZeRO stage %d\n%-44s", stage, "ranks");
+  for (ZeroStage stage : {ZeroStage::replicate, ZeroStage::shard_all, ZeroStage::shard_m2}) {
+    const std::string title = fmt::format("ZeRO stage {}", zero_stage_name(stage));
+    if (stage == ZeroStage::shard_m2 && std::none_of(buffers.begin(), buffers.end(), [](const StateBuffer& b) { return b.name == "m2"; })) {
+      std::printf("\n%s: the optimizer keeps no m2, so this is stage 0\n", title.c_str());
+      continue;
+    }
+    std::printf("\n%s%s\n%-44s", title.c_str(), stage == ZeroStage::shard_m2 ? " (m2 sharded, the rest replicated)" : "",
+                "ranks");
     for (int world = 1; world <= options.max_ranks; ++world) std::printf("%8d", world);
     std::printf("\n");
     std::vector<std::vector<MemoryRow>> columns;

@@ -5,6 +5,12 @@
 #include "optim/optimizer.hpp"
 
 namespace emix {
+
+Json zero_stage_json(ZeroStage stage) {
+  if (stage == ZeroStage::shard_m2) return "m2";
+  return stage == ZeroStage::shard_all ? 1 : 0;
+}
+
 namespace {
 
 // The vocabulary is padded to this multiple unless padded_vocab_size is set:
@@ -35,6 +41,15 @@ DataConfig read_data(JsonObjectReader r) {
   return d;
 }
 
+// 0, 1 or "m2" (see ZeroStage).
+ZeroStage read_zero_stage(JsonObjectReader& r) {
+  const Json value = r.get<Json>("zero_stage", Json(0));
+  for (ZeroStage stage : {ZeroStage::replicate, ZeroStage::shard_all, ZeroStage::shard_m2}) {
+    if (value == zero_stage_json(stage)) return stage;
+  }
+  fail("config key 'training.zero_stage' must be 0, 1 or \"m2\", got {}", value.dump());
+}
+
 TrainingConfig read_training(JsonObjectReader r) {
   TrainingConfig t;
   t.batch_size = r.get("batch_size", t.batch_size);
@@ -51,7 +66,7 @@ TrainingConfig read_training(JsonObjectReader r) {
   t.time_limit_minutes = r.get("time_limit_minutes", t.time_limit_minutes);
   t.outlier_zscore = r.get("outlier_zscore", t.outlier_zscore);
   t.outlier_window = r.get("outlier_window", t.outlier_window);
-  t.zero_stage = r.get("zero_stage", t.zero_stage);
+  t.zero_stage = read_zero_stage(r);
   t.forgetting_probe_step = r.get("forgetting_probe_step", t.forgetting_probe_step);
   t.forgetting_probe_interval = r.get("forgetting_probe_interval", t.forgetting_probe_interval);
   t.forgetting_probe_inject = r.get("forgetting_probe_inject", t.forgetting_probe_inject);
@@ -60,7 +75,6 @@ TrainingConfig read_training(JsonObjectReader r) {
   if (t.forgetting_probe_interval < 1) {
     fail("config key 'training.forgetting_probe_interval' must be >= 1, got {}", t.forgetting_probe_interval);
   }
-  if (t.zero_stage != 0 && t.zero_stage != 1) fail("config key 'training.zero_stage' must be 0 or 1, got {}", t.zero_stage);
   if (t.batch_size <= 0) fail("config key 'training.batch_size' must be positive, got {}", t.batch_size);
   if (t.seq_len <= 0) fail("config key 'training.seq_len' must be positive, got {}", t.seq_len);
   if (t.total_batch_tokens == 0) t.total_batch_tokens = static_cast<int64_t>(t.batch_size) * t.seq_len;
@@ -199,7 +213,7 @@ Json Config::to_json() const {
         {"eval_interval", training.eval_interval}, {"eval_batches", training.eval_batches}, {"seed", training.seed},
         {"threads", training.threads}, {"max_consecutive_skips", training.max_consecutive_skips},
         {"time_limit_minutes", training.time_limit_minutes}, {"outlier_zscore", training.outlier_zscore},
-        {"outlier_window", training.outlier_window}, {"zero_stage", training.zero_stage},
+        {"outlier_window", training.outlier_window}, {"zero_stage", zero_stage_json(training.zero_stage)},
         {"forgetting_probe_step", training.forgetting_probe_step},
         {"forgetting_probe_interval", training.forgetting_probe_interval},
         {"forgetting_probe_inject", training.forgetting_probe_inject}}},

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/json_reader.hpp"
+#include "distributed/shard_plan.hpp"
 #include "model/gpt2_config.hpp"
 #include "optim/schedule.hpp"
 
@@ -37,7 +38,8 @@ struct TrainingConfig {
   double outlier_zscore = 0.0;      // skip steps whose loss or gradient norm is this many σ above the window; 0: off
   int outlier_window = 100;         // applied steps the outlier statistics are taken over
   double time_limit_minutes = 0.0;  // stop (with a checkpoint) before this much wall time; 0: none
-  int zero_stage = 0;               // under mpirun: 0 replicates the optimizer state, 1 shards it (ZeRO-1)
+  ZeroStage zero_stage = ZeroStage::replicate;  // under mpirun: 0 replicates the optimizer state, 1 shards it
+                                                // (ZeRO-1), "m2" shards AdEMAMix's m2 alone
   int64_t forgetting_probe_step = 0;  // this step trains on the held-out probe batch; 0: no probe
   int forgetting_probe_interval = 10;  // steps between measurements of the probe batch's loss
   bool forgetting_probe_inject = true;  // false: measure the probe batch without training on it (the control run)
@@ -45,6 +47,9 @@ struct TrainingConfig {
   // Derived: micro-batches accumulated per step (per rank).
   int accumulation_steps(int world_size = 1) const;
 };
+
+// training.zero_stage as JSON: 0, 1 or "m2".
+Json zero_stage_json(ZeroStage stage);
 
 struct CheckpointConfig {
   std::string dir;        // "" means <run_dir>/checkpoints

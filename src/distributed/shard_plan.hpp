@@ -9,8 +9,26 @@
 // single-process norm exactly (optim/grad_clip.hpp).
 #include <algorithm>
 #include <cstddef>
+#include <string_view>
 
 namespace emix {
+
+// training.zero_stage: which state the ranks split with a ShardPlan.
+enum class ZeroStage {
+  replicate,  // 0: every rank holds all the optimizer state
+  shard_all,  // 1: ZeRO stage 1, every optimizer buffer and the master weights
+  shard_m2,   // "m2": AdEMAMix's m2 alone, everything else replicated
+};
+
+// As the config spells it: "0", "1" or "m2".
+constexpr std::string_view zero_stage_name(ZeroStage stage) {
+  switch (stage) {
+    case ZeroStage::replicate: return "0";
+    case ZeroStage::shard_all: return "1";
+    case ZeroStage::shard_m2: return "m2";
+  }
+  return "?";
+}
 
 struct ShardPlan {
   size_t total = 0;  // elements of the whole buffer

@@ -164,6 +164,29 @@ class Optimizer {
   virtual void to_train_params_device(const DeviceStep& step) { (void)step; }
 };
 
+// training.zero_stage "m2" (DataParallel): an optimizer over the whole
+// parameter buffer that holds its buffer "m2" for one shard only, the paper's
+// minimal change for its one extra buffer. Every rank holds all the rest and
+// applies the whole update; the elements' m2 comes from the rank that holds
+// it. So the step comes in two halves:
+//   1. update_m2_shard, on each rank for its shard: the new m2 from the
+//      shard's gradients, stored, and written to m2_values as the update
+//      reads it (before a narrow m2_dtype's rounding);
+//   2. update_with_m2, on every rank for every shard once its m2_values have
+//      arrived: every other buffer and the parameters.
+// Elementwise, so the result is the unsplit step's bit for bit. Host
+// placement only. state_buffers() lists "m2" with the shard's elements and
+// the others with size()'s; step() throws std::logic_error.
+class M2ShardedOptimizer : public Optimizer {
+ public:
+  // `grads` and `m2_values` span the shard.
+  virtual void update_m2_shard(std::span<const float> grads, std::span<float> m2_values, const StepInfo& info) = 0;
+  // params and grads span the whole range; m2_values are the new m2 of its
+  // elements [begin, begin + m2_values.size()).
+  virtual void update_with_m2(std::span<float> params, std::span<const float> grads, size_t begin,
+                              std::span<const float> m2_values, const StepInfo& info) = 0;
+};
+
 // Hyperparameters every optimizer has, read by the trainer: the peak
 // learning rate (the schedule scales it) and the decoupled weight decay.
 struct CommonHyperparameters {
@@ -186,6 +209,14 @@ struct OptimizerSpec {
                                             std::vector<ParamSegment> segments, Placement placement)>
       build;
 
+  // For an optimizer with a state buffer named "m2", and only for one:
+  // builds its M2ShardedOptimizer over `size` parameters, with m2 held for
+  // [m2_begin, m2_end). Null for the others (training.zero_stage "m2" then
+  // shards nothing).
+  std::function<std::unique_ptr<M2ShardedOptimizer>(const Json& hyperparameters, size_t size,
+                                                    std::vector<ParamSegment> segments, size_t m2_begin, size_t m2_end)>
+      build_m2_sharded;
+
   std::unique_ptr<Optimizer> create(const Json& hyperparameters, size_t size, std::vector<ParamSegment> segments,
                                     Placement placement = Placement::host) const {
     return build(hyperparameters, size, std::move(segments), placement);
@@ -202,6 +233,8 @@ CommonHyperparameters common_hyperparameters(const Json& normalized);
 
 // Checks segments tile [0, size) exactly; optimizers call it on creation.
 void check_segments(std::span<const ParamSegment> segments, size_t size);
+// The parts of `segments` within [begin, end), relative to begin.
+std::vector<ParamSegment> segments_within(std::span<const ParamSegment> segments, size_t begin, size_t end);
 
 #define EMIX_OPTIMIZER_CONCAT_(a, b) a##b
 #define EMIX_OPTIMIZER_CONCAT(a, b) EMIX_OPTIMIZER_CONCAT_(a, b)

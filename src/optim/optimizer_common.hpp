@@ -4,9 +4,9 @@
 // hyperparameters, and a base class that owns the state buffers (in host or
 // device memory) and runs an update over the weight-decay segments, on the
 // host or through the optimizer's registered CUDA update.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -126,19 +126,20 @@ class ElementwiseOptimizer : public Optimizer {
   void check_device_step(const DeviceStep& step, const StepInfo& info) const;
   void check_device_conversion(const DeviceStep& step) const;
 
-  // Calls update(i, c) for every element i of the chosen segments, where c
-  // is `coefficients` with its lr_weight_decay set to `lr_weight_decay` on
-  // weight-decay segments and to 0 elsewhere. Elements are independent, so
-  // the result does not depend on how OpenMP splits the loop.
+  // Calls update(i, c) for every element i of the chosen segments within
+  // [first, last), where c is `coefficients` with its lr_weight_decay set to
+  // `lr_weight_decay` on weight-decay segments and to 0 elsewhere. Elements
+  // are independent, so the result does not depend on how OpenMP splits the
+  // loop.
   template <typename Coefficients, typename Update>
   void update_elements(Coefficients coefficients, double lr_weight_decay, const Update& update,
-                       Segments which = Segments::all) const {
+                       Segments which = Segments::all, size_t first = 0, size_t last = SIZE_MAX) const {
     for (const ParamSegment& segment : segments_) {
       if (!visits(which, segment)) continue;
       coefficients.lr_weight_decay = segment_lr_weight_decay(segment, lr_weight_decay);
-      const auto begin = static_cast<int64_t>(segment.offset);
-      const auto end = begin + static_cast<int64_t>(segment.count);
-#pragma omp parallel for schedule(static) if (segment.count >= kMinParallelElements)
+      const auto begin = static_cast<int64_t>(std::max(first, segment.offset));
+      const auto end = static_cast<int64_t>(std::min(last, segment.offset + segment.count));
+#pragma omp parallel for schedule(static) if (end - begin >= static_cast<int64_t>(kMinParallelElements))
       for (int64_t i = begin; i < end; ++i) update(static_cast<size_t>(i), coefficients);
     }
   }
@@ -281,6 +282,7 @@ OptimizerSpec optimizer_spec(std::string description, Hyperparameters (*read)(co
                       Placement placement) -> std::unique_ptr<Optimizer> {
         return std::make_unique<OptimizerType>(read(json), size, std::move(segments), placement);
       },
+      .build_m2_sharded = nullptr,
   };
 }
 

@@ -82,4 +82,14 @@ void check_segments(std::span<const ParamSegment> segments, size_t size) {
   if (expected != size) throw std::logic_error("optimizer segments do not cover the parameter range");
 }
 
+std::vector<ParamSegment> segments_within(std::span<const ParamSegment> segments, size_t begin, size_t end) {
+  std::vector<ParamSegment> within;
+  for (const auto& s : segments) {
+    const size_t first = std::max(begin, s.offset);
+    const size_t last = std::min(end, s.offset + s.count);
+    if (first < last) within.push_back(ParamSegment{first - begin, last - first, s.weight_decay});
+  }
+  return within;
+}
+
 }  // namespace emix

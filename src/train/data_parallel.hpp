@@ -13,15 +13,22 @@
 //      and the parameters are all-gathered. Optimizer memory per rank falls
 //      by the number of ranks; the communication per step is the same as
 //      stage 0's (a reduce-scatter and an all-gather of the parameters).
+//  m2  AdEMAMix's m2 alone is sharded (M2ShardedOptimizer), the paper's
+//      minimal change: gradients are all-reduced, rank r updates m2 over
+//      shard r, and the shards' new m2 are broadcast one after the other,
+//      every rank applying the rest of the update (m1, ν, parameters) to
+//      each shard as its m2 arrives. A third more communication than stage 0
+//      and stage 1, and every rank holds all but m2. An optimizer without m2
+//      shards nothing (stage 0).
 //
-// With one rank both are the single-process run, and the backend does the
+// With one rank all three are the single-process run, and the backend does the
 // work itself (any backend, the GPU included). With several ranks the
 // backend's gradients must be in host memory (the CPU backend; the NCCL path
 // for GPU buffers is not built yet).
 //
 // Numbers: the gradient norm is the single-process one bit for bit (the
 // shards are aligned to its summation blocks and their block sums are added
-// in the same order), the update is elementwise, so stage 0 and stage 1 with
+// in the same order), the update is elementwise, so the three stages with
 // the same number of ranks give bit-identical runs. Against another number of
 // ranks the gradients themselves are summed in another order (within a rank
 // micro-batches accumulate in place, across ranks in rank order), which
@@ -56,21 +63,19 @@ std::vector<StateBuffer> optimizer_state_layout(const Json& optimizer_section);
 // counts its codes and block scales; the fp32 m2 it keeps for biases and
 // LayerNorm parameters (under 0.1% of a GPT-2's parameters) is left out.
 std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, std::span<const StateBuffer> buffers,
-                                       const ShardPlan& plan, int zero_stage);
+                                       const ShardPlan& plan, ZeroStage zero_stage);
 
 class DataParallel {
  public:
   // Builds the optimizer from the config's optimizer section, over the whole
   // parameter buffer or, when sharded, over this rank's shard.
-  DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, int zero_stage);
+  DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, ZeroStage zero_stage);
   ~DataParallel();
 
   Optimizer& optimizer() { return *optimizer_; }
   const std::vector<StateBuffer>& state_layout() const { return state_layout_; }
   const ShardPlan& plan() const { return plan_; }
-  int zero_stage() const { return zero_stage_; }
-  // True at stage 1 with more than one rank.
-  bool sharded() const { return sharded_; }
+  ZeroStage zero_stage() const { return zero_stage_; }
 
   // Combines the ranks' gradients (each rank scaled its own by 1 / the
   // number of micro-batches in the global batch, so the combination is a
@@ -83,8 +88,8 @@ class DataParallel {
   void to_train_params();
 
   // This rank's part of the optimizer state for a checkpoint, named
-  // "optimizer.<buffer>": its shards when sharded, everything on rank 0
-  // otherwise, nothing on the other ranks.
+  // "optimizer.<buffer>": the buffers it holds for its shard, and rank 0
+  // writes the replicated ones.
   std::vector<TensorRef> optimizer_state_tensors();
   // Reads this rank's part of the optimizer state from a checkpoint written
   // by any number of ranks, at any stage.
@@ -96,13 +101,17 @@ class DataParallel {
   uint64_t bytes_sent_per_step() const;
 
  private:
+  void step_m2_sharded(const StepInfo& info, float grad_scale);
   void gather_parameters();
+  // Whether this rank holds `buffer` for its shard only.
+  bool holds_shard_of(const StateBuffer& buffer) const;
+  std::string describe_sharding() const;
   double sum_blocks_over_shards(std::span<const double> block_sums);
   StepInfo shard_step_info(const StepInfo& info);
 
   Communicator& comm_;
   ModelBackend& backend_;
-  int zero_stage_;
+  ZeroStage zero_stage_;
   std::vector<StateBuffer> state_layout_;
   ShardPlan plan_;
   bool sharded_;
@@ -112,6 +121,9 @@ class DataParallel {
   // and this rank's chunk of the summed gradients.
   std::vector<float> padded_;
   std::vector<float> grad_shard_;
+  // Stage m2 with several ranks: the optimizer, and one shard's new m2.
+  M2ShardedOptimizer* m2_sharded_ = nullptr;
+  std::vector<float> m2_values_;
 };
 
 }  // namespace emix

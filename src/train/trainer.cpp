@@ -484,7 +484,7 @@ Json Trainer::run_state() const {
               {"optimizer", {{"name", config_.optimizer.at("name")}, {"scalar_state", data_parallel_->optimizer().scalar_state()}}},
               // Informational: a checkpoint resumes on any number of ranks.
               {"world_size", comm_.world_size()},
-              {"zero_stage", data_parallel_->zero_stage()},
+              {"zero_stage", zero_stage_json(data_parallel_->zero_stage())},
               {"config", config_.to_json()}};
 }
 

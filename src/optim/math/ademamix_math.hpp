@@ -46,19 +46,34 @@ struct AdemamixCoefficients {
 // round the same float with the same bits, and store the same value.
 EMIX_HD float ademamix_m2_average_for_narrow(float m2, float grad, Ema e) { return fmaf(e.beta, m2, e.weight * grad); }
 
-// m1 is null when β1 = 0, which saves a third of the optimizer's memory.
+// m2's new average (before a narrow format's rounding).
 template <bool kM2Narrow = false>
-EMIX_HD void ademamix_update(float& param, float grad, float* m1, float& m2, float& nu, const AdemamixCoefficients& c) {
+EMIX_HD float ademamix_m2_average(float m2, float grad, const AdemamixCoefficients& c) {
+  const Ema e = grad == 0.0f ? c.m2_no_grad : c.m2;
+  if constexpr (kM2Narrow) {
+    return ademamix_m2_average_for_narrow(m2, grad, e);
+  } else {
+    return ema(m2, grad, e);
+  }
+}
+
+// Everything but m2, given m2's new average: m1 and ν, then the parameter.
+// training.zero_stage "m2" calls it on its own (m2 comes from the rank that
+// holds it); m1 is null when β1 = 0, which saves a third of the optimizer's
+// memory.
+EMIX_HD void ademamix_update_with_m2(float& param, float grad, float* m1, float m2, float& nu,
+                                     const AdemamixCoefficients& c) {
   float fast = grad;
   if (m1 != nullptr) fast = *m1 = ema(*m1, grad, c.m1);
-  if constexpr (kM2Narrow) {
-    m2 = ademamix_m2_average_for_narrow(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
-  } else {
-    m2 = ema(m2, grad, grad == 0.0f ? c.m2_no_grad : c.m2);
-  }
   nu = ema(nu, grad * grad, c.nu);
   float denominator = sqrtf(nu) * c.inv_sqrt_bias_correction2 + c.eps;
   param -= c.lr_weight_decay * param + c.lr * (fast * c.inv_bias_correction1 + c.alpha * m2) / denominator;
+}
+
+template <bool kM2Narrow = false>
+EMIX_HD void ademamix_update(float& param, float grad, float* m1, float& m2, float& nu, const AdemamixCoefficients& c) {
+  m2 = ademamix_m2_average<kM2Narrow>(m2, grad, c);
+  ademamix_update_with_m2(param, grad, m1, m2, nu, c);
 }
 
 }  // namespace emix
