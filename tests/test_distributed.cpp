@@ -181,6 +181,20 @@ TEST(Distributed, AllGatherInPlace) {
   }
 }
 
+// Into this rank's own chunk of the input, over several segments
+// (EMIX_COMM_SEGMENT_BYTES is small in the np3_small_segments entry).
+TEST(Distributed, ReduceScatterInPlace) {
+  const int n = comm().world_size();
+  const size_t chunk = 3001;
+  const std::vector<float> values = random_values(comm().rank(), chunk * n, 5);
+  std::vector<float> buffer = values;
+  std::vector<float> separate(chunk);
+  comm().reduce_scatter_sum(values, separate);
+  std::span<float> mine = std::span<float>(buffer).subspan(comm().rank() * chunk, chunk);
+  comm().reduce_scatter_sum(buffer, mine);
+  EXPECT_TRUE(same_bits(mine, separate));
+}
+
 TEST(Distributed, SizeMismatchIsAnErrorOnEveryRank) {
   const int n = comm().world_size();
   std::vector<float> input(5 * n + 1);

@@ -49,7 +49,7 @@ void print_plan(const MemoryOptions& options) {
     for (int world = 1; world <= options.max_ranks; ++world) {
       columns.push_back(per_rank_memory(parameters, placement, buffers, ShardPlan::make(parameters, world, 0, kSumOfSquaresBlock), stage));
     }
-    // Rows present for some world sizes only (the staging buffer) show 0 elsewhere.
+    // Rows present for some world sizes only (stage m2's shard in flight) show 0 elsewhere.
     std::vector<std::string> names;
     for (const auto& column : columns) {
       for (const auto& row : column) {

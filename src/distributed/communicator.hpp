@@ -84,7 +84,8 @@ class Communicator {
   void all_reduce_mean(std::span<float> data);
   // input has world_size() * output.size() elements (chunk = output.size());
   // output = sum over ranks of input[rank() * chunk, (rank() + 1) * chunk).
-  // input and output must not overlap.
+  // input and output may overlap only if output is exactly chunk rank() of
+  // input (ZeRO's gradients reduced in place).
   virtual void reduce_scatter_sum(std::span<const float> input, std::span<float> output) = 0;
   // output has world_size() * input.size() elements; chunk r of output is
   // rank r's input. input and output may overlap only if input is exactly

@@ -150,6 +150,8 @@ class MpiCommunicator final : public Communicator {
     const size_t segment = segment_elements<float>();
     for (size_t begin = 0; begin < chunk; begin += segment) {
       const size_t length = std::min(segment, chunk - begin);
+      // Every rank's segment is copied out before this rank's is written:
+      // output may be chunk rank() of input.
       auto send = scratch<float>(send_scratch_, length * world_);
       for (int r = 0; r < world_; ++r) {
         std::copy_n(input.data() + r * chunk + begin, length, send.data() + r * length);

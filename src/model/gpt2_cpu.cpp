@@ -159,7 +159,13 @@ void init_gpt2_weights(std::span<float> params, const ModelConfig& config, const
   }
 }
 
-void Gpt2Cpu::init_weights(uint64_t seed) { init_gpt2_weights(params_, config_, layout_, seed); }
+void Gpt2Cpu::init_weights(uint64_t seed) { init_gpt2_weights(params(), config_, layout_, seed); }
+
+void Gpt2Cpu::pad_buffers(size_t elements) {
+  elements = std::max(elements, layout_.num_parameters());
+  params_.resize(elements, 0.0f);
+  grads_.resize(elements, 0.0f);
+}
 
 const float* Gpt2Cpu::forward_blocks(std::span<const int32_t> inputs, int B, int T) {
   check_token_batch(inputs, "inputs", B, T, config_);

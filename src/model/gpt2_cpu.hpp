@@ -27,10 +27,21 @@ class Gpt2Cpu {
 
   const ModelConfig& config() const { return config_; }
   const ParameterLayout& layout() const { return layout_; }
-  std::span<float> params() { return params_; }
-  std::span<const float> params() const { return params_; }
-  std::span<float> grads() { return grads_; }
-  std::span<const float> grads() const { return grads_; }
+  std::span<float> params() { return std::span<float>(params_).first(layout_.num_parameters()); }
+  std::span<const float> params() const { return std::span<const float>(params_).first(layout_.num_parameters()); }
+  std::span<float> grads() { return std::span<float>(grads_).first(layout_.num_parameters()); }
+  std::span<const float> grads() const { return std::span<const float>(grads_).first(layout_.num_parameters()); }
+
+  // Extends the parameter and gradient buffers with zeros to `elements`
+  // (never below the parameter count), so that multi-rank collectives can
+  // work on them in place as world × chunk (train/data_parallel.cpp).
+  // params() and grads() still span the parameters, padded_params() and
+  // padded_grads() the whole buffers. Values are kept; spans taken before
+  // are invalidated. The padding stays zero: nothing but zero_grad and the
+  // collectives write it.
+  void pad_buffers(size_t elements);
+  std::span<float> padded_params() { return params_; }
+  std::span<float> padded_grads() { return grads_; }
 
   // GPT-2 initialization from `seed`: weights N(0, 0.02), the two residual
   // projections (attprojw, fcprojw) N(0, 0.02/sqrt(2·n_layer)), LayerNorm

@@ -35,7 +35,10 @@ class CpuBackend final : public ModelBackend {
     return model_.forward(inputs, targets, B, T);
   }
   double grad_norm() override { return global_norm(model_.grads()); }
-  std::span<float> host_gradients() override { return model_.grads(); }
+  HostBuffers padded_host_buffers(size_t padded) override {
+    model_.pad_buffers(padded);
+    return {model_.padded_params(), model_.padded_grads()};
+  }
   void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) override {
     if (grad_scale != 1.0f) scale_in_place(model_.grads(), grad_scale);
     optimizer.step(model_.params(), model_.grads(), info);
@@ -63,7 +66,7 @@ const bool cpu_registered = register_backend("cpu", [](const Config& config) -> 
 
 }  // namespace
 
-std::span<float> ModelBackend::host_gradients() {
+ModelBackend::HostBuffers ModelBackend::padded_host_buffers(size_t) {
   fail("this backend keeps its gradients in device memory: multi-rank training needs the NCCL communicator, which is "
        "not available yet; train on one GPU, or with device \"cpu\" under mpirun");
 }

@@ -41,10 +41,18 @@ class ModelBackend {
   // Mean loss only (validation).
   virtual float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T) = 0;
   virtual double grad_norm() = 0;
-  // The accumulated fp32 gradients in host memory, for placements where
-  // they live there (the CPU): multi-rank training sums them over the ranks
-  // (train/data_parallel.cpp). Other backends throw emix::Error.
-  virtual std::span<float> host_gradients();
+  // The fp32 weights and accumulated gradients in host memory, for
+  // placements where they live there (the CPU), for multi-rank training
+  // (train/data_parallel.cpp): their buffers extended with zeros to
+  // `padded` elements (a ZeRO plan's world × chunk), so that collectives
+  // work on them in place. The spans are valid until the next call; the
+  // weights' first parameter-count elements are weights(). Other backends
+  // throw emix::Error.
+  struct HostBuffers {
+    std::span<float> weights;
+    std::span<float> gradients;
+  };
+  virtual HostBuffers padded_host_buffers(size_t padded);
   // One optimizer update from the accumulated gradients, each multiplied by
   // grad_scale first (clipping).
   virtual void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) = 0;

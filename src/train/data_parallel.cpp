@@ -64,9 +64,10 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
     rows.push_back({"gradients (bf16)", 2 * n});
     rows.push_back({"master weights (fp32)", 4 * (shard_all ? plan.chunk : n)});
   } else {
-    rows.push_back({"parameters = master weights (fp32)", 4 * n});
-    rows.push_back({"gradients (fp32)", 4 * n});
-    if (shard_all) rows.push_back({"gradient staging (padded buffer + shard)", 4 * (plan.padded_total() + plan.chunk)});
+    // Padded to world × chunk with several ranks (ModelBackend::padded_host_buffers).
+    const uint64_t buffer = plan.world > 1 ? plan.padded_total() : n;
+    rows.push_back({"parameters = master weights (fp32)", 4 * buffer});
+    rows.push_back({"gradients (fp32)", 4 * buffer});
     if (shard_m2) rows.push_back({"m2 of one shard in flight", 4 * plan.chunk});
   }
   for (const auto& buffer : buffers) {
@@ -86,6 +87,7 @@ DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json
   const bool several = comm.world_size() > 1;
   plan_ = ShardPlan::make(total, comm.world_size(), comm.rank(), kSumOfSquaresBlock);
   sharded_ = zero_stage == ZeroStage::shard_all && several;
+  if (several) host_ = backend.padded_host_buffers(plan_.padded_total());
   const OptimizerSpec& spec = spec_of(optimizer_section);
   if (has_m2(state_layout_) != (spec.build_m2_sharded != nullptr)) {
     throw std::logic_error("an optimizer keeps an m2 buffer if and only if it can shard it alone");
@@ -102,26 +104,22 @@ DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json
   const size_t end = sharded_ ? plan_.end() : total;
   optimizer_ = make_optimizer(optimizer_section, end - begin, segments_within(segments_of(layout), begin, end),
                               backend.placement());
-  if (sharded_) {
-    padded_.resize(plan_.padded_total());
-    grad_shard_.resize(plan_.chunk);
-  }
 }
 
 DataParallel::~DataParallel() = default;
 
 double DataParallel::reduce_gradients() {
   if (comm_.world_size() == 1) return backend_.grad_norm();
-  std::span<float> grads = backend_.host_gradients();
   if (!sharded_) {
+    std::span<float> grads = host_.gradients.first(plan_.total);
     comm_.all_reduce_sum(grads);
     return global_norm(grads);
   }
-  std::copy(grads.begin(), grads.end(), padded_.begin());
-  std::fill(padded_.begin() + static_cast<std::ptrdiff_t>(grads.size()), padded_.end(), 0.0f);
-  comm_.reduce_scatter_sum(padded_, grad_shard_);
+  // In place: this rank's chunk of the gradients becomes the sum over ranks.
+  std::span<float> mine = my_chunk(host_.gradients);
+  comm_.reduce_scatter_sum(host_.gradients, mine);
   // Over the whole chunk: the zero padding adds exact zeros to the blocks.
-  return std::sqrt(sum_blocks_over_shards(block_sums_of_squares(grad_shard_)));
+  return std::sqrt(sum_blocks_over_shards(block_sums_of_squares(mine)));
 }
 
 double DataParallel::sum_blocks_over_shards(std::span<const double> block_sums) {
@@ -153,7 +151,7 @@ void DataParallel::step(const StepInfo& info, float grad_scale) {
     backend_.step(*optimizer_, info, grad_scale);
     return;
   }
-  std::span<float> shard_grads = std::span<float>(grad_shard_).first(plan_.size());
+  std::span<float> shard_grads = host_.gradients.subspan(plan_.begin(), plan_.size());
   if (grad_scale != 1.0f) scale_in_place(shard_grads, grad_scale);
   optimizer_->step(backend_.weights().subspan(plan_.begin(), plan_.size()), shard_grads, shard_step_info(info));
   gather_parameters();
@@ -164,8 +162,8 @@ void DataParallel::step(const StepInfo& info, float grad_scale) {
 // rank, so no rank ever holds more than one shard's m2 besides its own (an
 // all-gather would need all of it at once).
 void DataParallel::step_m2_sharded(const StepInfo& info, float grad_scale) {
-  std::span<float> params = backend_.weights();
-  std::span<float> grads = backend_.host_gradients();
+  std::span<float> params = host_.weights.first(plan_.total);
+  std::span<float> grads = host_.gradients.first(plan_.total);
   if (grad_scale != 1.0f) scale_in_place(grads, grad_scale);
   for (int r = 0; r < plan_.world; ++r) {
     std::span<float> m2_values = std::span<float>(m2_values_).first(plan_.end_of(r) - plan_.begin_of(r));
@@ -176,13 +174,11 @@ void DataParallel::step_m2_sharded(const StepInfo& info, float grad_scale) {
   backend_.weights_changed(info.step);
 }
 
-void DataParallel::gather_parameters() {
-  std::span<float> params = backend_.weights();
-  std::span<float> mine = std::span<float>(padded_).subspan(static_cast<size_t>(plan_.rank) * plan_.chunk, plan_.chunk);
-  std::fill(mine.begin(), mine.end(), 0.0f);
-  std::copy_n(params.begin() + static_cast<std::ptrdiff_t>(plan_.begin()), plan_.size(), mine.begin());
-  comm_.all_gather(mine, padded_);
-  std::copy_n(padded_.begin(), params.size(), params.begin());
+// In place: every rank's chunk of the weights to every rank.
+void DataParallel::gather_parameters() { comm_.all_gather(my_chunk(host_.weights), host_.weights); }
+
+std::span<float> DataParallel::my_chunk(std::span<float> padded) const {
+  return padded.subspan(static_cast<size_t>(plan_.rank) * plan_.chunk, plan_.chunk);
 }
 
 void DataParallel::to_eval_params() {

@@ -23,8 +23,9 @@
 //
 // With one rank all three are the single-process run, and the backend does the
 // work itself (any backend, the GPU included). With several ranks the
-// backend's gradients must be in host memory (the CPU backend; the NCCL path
-// for GPU buffers is not built yet).
+// backend's weights and gradients must be in host memory (the CPU backend;
+// the NCCL path for GPU buffers is not built yet), and the collectives work
+// on them in place, padded to world × chunk (padded_host_buffers).
 //
 // Numbers: the gradient norm is the single-process one bit for bit (the
 // shards are aligned to its summation blocks and their block sums are added
@@ -103,6 +104,8 @@ class DataParallel {
  private:
   void step_m2_sharded(const StepInfo& info, float grad_scale);
   void gather_parameters();
+  // Chunk rank() of a buffer padded to world × chunk.
+  std::span<float> my_chunk(std::span<float> padded) const;
   // Whether this rank holds `buffer` for its shard only.
   bool holds_shard_of(const StateBuffer& buffer) const;
   std::string describe_sharding() const;
@@ -116,11 +119,9 @@ class DataParallel {
   ShardPlan plan_;
   bool sharded_;
   std::unique_ptr<Optimizer> optimizer_;
-  // Sharded only: the whole buffer zero-padded to world × chunk (gradients
-  // going into the reduce-scatter, parameters coming out of the all-gather),
-  // and this rank's chunk of the summed gradients.
-  std::vector<float> padded_;
-  std::vector<float> grad_shard_;
+  // Several ranks only: the backend's weights and gradients, padded to
+  // world × chunk, which the collectives work on in place.
+  ModelBackend::HostBuffers host_;
   // Stage m2 with several ranks: the optimizer, and one shard's new m2.
   M2ShardedOptimizer* m2_sharded_ = nullptr;
   std::vector<float> m2_values_;
