@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <csignal>
+#include <map>
 #include <regex>
 #include <sstream>
 
@@ -131,14 +132,27 @@ test::ShellResult run_on_small_disk(const fs::path& disk, uint64_t kib, const st
                                         quote(saved) + " || exit 91; exit $status");
 }
 
-// Bytes of one checkpoint of the run `json` describes, written under `scratch`.
-uint64_t checkpoint_bytes(Json json, const fs::path& scratch) {
+// The files of one checkpoint of the run `json` describes, written under
+// `scratch`, and their sizes in bytes.
+std::map<std::string, uint64_t> checkpoint_file_sizes(Json json, const fs::path& scratch) {
   json["logging"]["run_dir"] = scratch.string();
+  json["checkpoint"]["dir"] = "";
   Trainer trainer(Config::from_json(json));
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& entry : fs::directory_iterator(trainer.save_checkpoint())) {
+    sizes[entry.path().filename().string()] = entry.file_size();
+  }
+  return sizes;
+}
+
+uint64_t checkpoint_bytes(const Json& json, const fs::path& scratch) {
   uint64_t bytes = 0;
-  for (const auto& entry : fs::directory_iterator(trainer.save_checkpoint())) bytes += entry.file_size();
+  for (const auto& [name, size] : checkpoint_file_sizes(json, scratch)) bytes += size;
   return bytes;
 }
+
+// The 4 KiB pages a tmpfs gives a file of `bytes` bytes.
+uint64_t pages(uint64_t bytes) { return (bytes + 4095) / 4096; }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -181,6 +195,62 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   auto latest = open_latest_checkpoint(checkpoints);
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(latest->step(), 8);
+}
+
+// The checkpoint directory on a disk with room for the first checkpoint and
+// the second one's data file, but not for its manifest.json: the commit
+// fails cleanly (no partial checkpoint, the first one kept) and the run
+// resumes from the first.
+TEST(Reliability, AFullDiskWhileCommittingAManifestKeepsThePreviousCheckpoint) {
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  test::write_tiny_shards(dir.path());
+  Json json = test::tiny_run_config(dir, "adamw", "run");
+  json["training"]["steps"] = 4;
+  json["checkpoint"] = {{"dir", (disk / "checkpoints").string()}, {"interval", 2}, {"keep_last", 1}};
+  const auto sizes = checkpoint_file_sizes(json, dir / "sizing");
+  ASSERT_EQ(sizes.size(), 2u) << "rank_00000.bin and manifest.json";
+  const uint64_t kib = 4 * (2 * pages(sizes.at("rank_00000.bin")) + pages(sizes.at("manifest.json")));
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
+  const fs::path saved = dir / "saved";
+  test::ShellResult run = run_in_private_mount_namespace(
+      "mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) + " || exit 90; " + train +
+      "; status=$?; cp -a " + quote(disk / "checkpoints") + " " + quote(saved) + " || exit 91; exit $status");
+
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_TRUE(contains(run.output, "step_00000004.tmp/manifest.json")) << run.output;
+  EXPECT_TRUE(contains(run.output, "No space left on device")) << run.output;
+  auto kept = list_checkpoints(saved);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(Checkpoint::open(kept[0]).step(), 2);
+  expect_no_partial_checkpoint(saved);
+
+  test::ShellResult resumed = test::run_shell(train + " --set " + test::shell_quote("checkpoint.dir=" + saved.string()) +
+                                              " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(open_latest_checkpoint(saved)->step(), 4);
+}
+
+// The run directory on a disk that is already full: the run stops before
+// its first step with an error naming config.json (the first file it must
+// write whole), and leaves no temporary file behind.
+TEST(Reliability, AFullDiskAtStartStopsBeforeTheFirstStep) {
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  test::write_tiny_shards(dir.path());
+  const Json json = test::tiny_run_config(dir, "adamw", "disk/run");
+  const std::string fill = "dd if=/dev/zero of=" + quote(disk / "filler") + " bs=4k count=64 2>/dev/null; ";
+  const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
+  const fs::path saved = dir / "saved";
+  test::ShellResult run = run_on_small_disk(disk, 64, fill + train, saved);
+
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_TRUE(contains(run.output, "run/config.json.tmp: write failed after 0 bytes: No space left on device")) << run.output;
+  EXPECT_FALSE(fs::exists(saved / "metrics.jsonl")) << "no step was trained";
+  EXPECT_FALSE(fs::exists(saved / "config.json.tmp"));
+  EXPECT_FALSE(fs::exists(saved / "checkpoints"));
 }
 
 // The run directory on a tiny tmpfs that fills up while metrics.jsonl grows
