@@ -26,6 +26,7 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <regex>
 #include <thread>
 
 #include "checkpoint/checkpoint.hpp"
@@ -460,6 +461,51 @@ TEST(DataParallel, RanksResumingDifferentCheckpointsAllStop) {
   const std::string output = read_text_file(log);
   EXPECT_NE(output.find("another rank from another one"), std::string::npos) << output;
   EXPECT_EQ(list_checkpoints(Config::from_json(document).checkpoint_dir()).size(), 2u) << "nothing new is written";
+}
+
+// Rank 0's metrics.jsonl on a private 16 KiB tmpfs that fills up mid-run,
+// under mpirun with 2 ranks: both ranks stop after the same step, each
+// saying why, with a checkpoint of that step, and the job ends normally
+// (every rank exits 1; no MPI_Abort). The run then resumes on 2 ranks and
+// finishes. Run by the ctest entry distributed_mpi_metrics_full_disk.
+TEST(DataParallel, AFullDiskUnderTheMetricsFileStopsEveryRankWithACheckpoint) {
+  const char* mpirun = std::getenv("EMIX_TEST_MPIRUN");
+  if (mpirun == nullptr || comm().world_size() > 1) GTEST_SKIP() << "run by the ctest entry distributed_mpi_metrics_full_disk";
+  test::TempDir dir;
+  const fs::path disk = dir / "disk";
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  test::write_tiny_shards(dir.path());
+  Json document = run_config(dir.path(), "adamw", "disk/run", 1);
+  const int64_t steps = 300;
+  document["training"]["steps"] = steps;
+  document["training"]["eval_interval"] = 0;
+  document["checkpoint"]["dir"] = (dir / "checkpoints").string();
+  const fs::path config_path = dir / "run.json";
+  std::ofstream(config_path) << document.dump(2);
+  const std::string train = std::string(mpirun) + " -np 2 " + test::emix_command("train --config " + config_path.string());
+  const fs::path saved = dir / "saved";
+  test::ShellResult run = test::run_in_private_mount_namespace(
+      "mount -t tmpfs -o size=16k tmpfs " + test::shell_quote(disk.string()) + " || exit 90; " + train +
+      "; status=$?; cp -a " + test::shell_quote((disk / "run").string()) + " " + test::shell_quote(saved.string()) +
+      " || exit 91; exit $status");
+
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  std::smatch stop;
+  ASSERT_TRUE(std::regex_search(run.output, stop, std::regex("\\[rank 0\\] error stopping after step (\\d+): [^\\n]*metrics.jsonl: "
+                                                             "write failed after \\d+ bytes: No space left on device")))
+      << run.output;
+  const std::string stopped_at = stop[1];
+  EXPECT_NE(run.output.find("[rank 1] error stopping after step " + stopped_at + ": another rank failed"), std::string::npos)
+      << run.output;
+  EXPECT_EQ(run.output.find("MPI_ABORT"), std::string::npos) << run.output;
+  auto latest = open_latest_checkpoint(dir / "checkpoints");
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(std::to_string(latest->step()), stopped_at);
+
+  test::ShellResult resumed = test::run_shell(train + " --set " + test::shell_quote("logging.run_dir=" + saved.string()) +
+                                              " --resume latest");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_EQ(open_latest_checkpoint(dir / "checkpoints")->step(), steps);
 }
 
 // SIGTERM delivered to one rank only (a node's preemption notice): every

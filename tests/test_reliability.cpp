@@ -106,28 +106,11 @@ std::string config_option(const fs::path& path, const Json& json) {
 // `--set logging.run_dir=DIR` for emix train.
 std::string run_dir_option(const fs::path& dir) { return " --set " + test::shell_quote("logging.run_dir=" + dir.string()); }
 
-// Runs `script` with sh in a new user and mount namespace (`unshare -rm`),
-// where it is root and may mount a tmpfs that no one else sees and that
-// vanishes with it: a real small disk.
-test::ShellResult run_in_private_mount_namespace(const std::string& script) {
-  return test::run_shell("unshare -rm sh -c " + test::shell_quote(script));
-}
-
-// Creates `mount_point` and says why a test cannot mount a private tmpfs on
-// it on this machine (no user namespaces, no unshare), or "" when it can.
-std::string why_no_private_tmpfs(const fs::path& mount_point) {
-  fs::create_directories(mount_point);
-  test::ShellResult probe = run_in_private_mount_namespace("mount -t tmpfs -o size=4k tmpfs " + quote(mount_point));
-  if (probe.exit_code == 0) return "";
-  return "cannot mount a private tmpfs here (unshare -rm sh -c 'mount -t tmpfs ...' exited " +
-         std::to_string(probe.exit_code) + "): " + probe.output;
-}
-
 // Runs `command` with the directory `disk` replaced by a tmpfs of `kib` KiB,
 // then copies `disk`/run to `saved` before the tmpfs vanishes. The exit
 // status is the command's.
 test::ShellResult run_on_small_disk(const fs::path& disk, uint64_t kib, const std::string& command, const fs::path& saved) {
-  return run_in_private_mount_namespace("mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) +
+  return test::run_in_private_mount_namespace("mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) +
                                         " || exit 90; " + command + "; status=$?; cp -a " + quote(disk / "run") + " " +
                                         quote(saved) + " || exit 91; exit $status");
 }
@@ -167,7 +150,7 @@ void expect_no_partial_checkpoint(const fs::path& dir) {
 TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   Json json = test::tiny_run_config(dir, "adamw", "disk/run");
   json["training"]["steps"] = 8;
@@ -204,7 +187,7 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
 TEST(Reliability, AFullDiskWhileCommittingAManifestKeepsThePreviousCheckpoint) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   Json json = test::tiny_run_config(dir, "adamw", "run");
   json["training"]["steps"] = 4;
@@ -214,7 +197,7 @@ TEST(Reliability, AFullDiskWhileCommittingAManifestKeepsThePreviousCheckpoint) {
   const uint64_t kib = 4 * (2 * pages(sizes.at("rank_00000.bin")) + pages(sizes.at("manifest.json")));
   const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
-  test::ShellResult run = run_in_private_mount_namespace(
+  test::ShellResult run = test::run_in_private_mount_namespace(
       "mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) + " || exit 90; " + train +
       "; status=$?; cp -a " + quote(disk / "checkpoints") + " " + quote(saved) + " || exit 91; exit $status");
 
@@ -238,7 +221,7 @@ TEST(Reliability, AFullDiskWhileCommittingAManifestKeepsThePreviousCheckpoint) {
 TEST(Reliability, AFullDiskAtStartStopsBeforeTheFirstStep) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   const Json json = test::tiny_run_config(dir, "adamw", "disk/run");
   const std::string fill = "dd if=/dev/zero of=" + quote(disk / "filler") + " bs=4k count=64 2>/dev/null; ";
@@ -259,7 +242,7 @@ TEST(Reliability, AFullDiskAtStartStopsBeforeTheFirstStep) {
 TEST(Reliability, AFullDiskUnderTheMetricsFileStopsWithACheckpoint) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   test::write_tiny_shards(dir.path());
   Json json = test::tiny_run_config(dir, "adamw", "disk/run");
   const int64_t steps = 60;
@@ -355,7 +338,7 @@ TEST(Reliability, AnOutOfVocabularyIdMidRunStopsWithACheckpointOfTheLastGoodStep
 TEST(Reliability, TokenizingOntoAFullDiskLeavesOnlyWholeShards) {
   test::TempDir dir;
   const fs::path disk = dir / "disk";
-  if (std::string why = why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
+  if (std::string why = test::why_no_private_tmpfs(disk); !why.empty()) GTEST_SKIP() << why;
   const fs::path text = dir / "shakespeare.txt";
   write_text_file_atomic(text, read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000));
   const std::string tokenize = test::emix_command("tokenize --input " + quote(text) + " --output-dir " + quote(disk / "run") +

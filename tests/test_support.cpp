@@ -111,6 +111,19 @@ std::string shell_quote(const std::string& text) {
 
 std::string emix_command(const std::string& arguments) { return shell_quote(EMIX_BINARY) + " " + arguments; }
 
+ShellResult run_in_private_mount_namespace(const std::string& script) {
+  return run_shell("unshare -rm sh -c " + shell_quote(script));
+}
+
+std::string why_no_private_tmpfs(const std::filesystem::path& mount_point) {
+  std::filesystem::create_directories(mount_point);
+  ShellResult probe =
+      run_in_private_mount_namespace("mount -t tmpfs -o size=4k tmpfs " + shell_quote(mount_point.string()));
+  if (probe.exit_code == 0) return "";
+  return "cannot mount a private tmpfs here (unshare -rm sh -c 'mount -t tmpfs ...' exited " +
+         std::to_string(probe.exit_code) + "): " + probe.output;
+}
+
 std::vector<float> random_normal_vector(size_t size, uint64_t seed) {
   Rng rng(seed);
   std::vector<float> values(size);

@@ -68,6 +68,14 @@ std::string shell_quote(const std::string& text);
 // The emix executable under test with `arguments`, as a shell command line.
 std::string emix_command(const std::string& arguments);
 
+// Runs `script` with sh in a new user and mount namespace (`unshare -rm`),
+// where it is root and may mount a tmpfs that no one else sees and that
+// vanishes with it: a real small disk.
+ShellResult run_in_private_mount_namespace(const std::string& script);
+// Creates `mount_point` and says why a test cannot mount a private tmpfs on
+// it on this machine (no user namespaces, no unshare), or "" when it can.
+std::string why_no_private_tmpfs(const std::filesystem::path& mount_point);
+
 // What the every-optimizer tests cover: each registered optimizer with its
 // defaults, and AdEMAMix's narrow m2 storages.
 struct OptimizerVariant {

@@ -68,6 +68,12 @@ void run_training(const TrainOptions& options) {
   set_log_rank(comm->rank(), comm->world_size());
   try {
     train_on_ranks(options, *comm);
+  } catch (const CollectiveError&) {
+    // Every rank is here with its own message: MPI can be finalized as at a
+    // normal end, so the job ends with each rank's error printed (by main)
+    // and exit status 1, without MPI_Abort's noise.
+    comm.reset();
+    throw;
   } catch (const Error& e) {
     // With several ranks the communicator's destructor aborts the job while
     // this exception unwinds, before main() could print it: say it now.

@@ -49,9 +49,9 @@ void Communicator::check_all(bool ok, const std::string& what) {
     if (failed[static_cast<size_t>(r)] != 0.0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
   }
   if (ranks.empty()) return;
-  if (n == 1) fail("{}", what);  // one process: no rank to name
-  if (!ok) fail("rank {} of {}: {}", rank(), n, what);
-  fail("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
+  if (n == 1) fail_collective("{}", what);  // one process: no rank to name
+  if (!ok) fail_collective("rank {} of {}: {}", rank(), n, what);
+  fail_collective("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
 }
 
 std::unique_ptr<Communicator> make_communicator() {

@@ -375,11 +375,12 @@ void Trainer::stop_after_failure(const std::string& failure) {
     try {
       resume_from = save_checkpoint().string();
     } catch (const Error& e) {
-      fail("stopping after step {}: {}; saving a checkpoint of step {} failed too: {}", step_, what, step_, e.what());
+      fail_collective("stopping after step {}: {}; saving a checkpoint of step {} failed too: {}", step_, what, step_,
+                      e.what());
     }
   }
-  fail("stopping after step {}: {}; {} holds step {}: fix the cause and resume with --resume latest", step_, what,
-       resume_from, step_);
+  fail_collective("stopping after step {}: {}; {} holds step {}: fix the cause and resume with --resume latest", step_,
+                  what, resume_from, step_);
 }
 
 void Trainer::write_metrics(const Json& record) {
