@@ -484,10 +484,7 @@ TEST(DataParallel, AFullDiskUnderTheMetricsFileStopsEveryRankWithACheckpoint) {
   std::ofstream(config_path) << document.dump(2);
   const std::string train = std::string(mpirun) + " -np 2 " + test::emix_command("train --config " + config_path.string());
   const fs::path saved = dir / "saved";
-  test::ShellResult run = test::run_in_private_mount_namespace(
-      "mount -t tmpfs -o size=16k tmpfs " + test::shell_quote(disk.string()) + " || exit 90; " + train +
-      "; status=$?; cp -a " + test::shell_quote((disk / "run").string()) + " " + test::shell_quote(saved.string()) +
-      " || exit 91; exit $status");
+  test::ShellResult run = test::run_on_small_disk(disk, 16, train, disk / "run", saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
   std::smatch stop;

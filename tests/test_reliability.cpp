@@ -106,15 +106,6 @@ std::string config_option(const fs::path& path, const Json& json) {
 // `--set logging.run_dir=DIR` for emix train.
 std::string run_dir_option(const fs::path& dir) { return " --set " + test::shell_quote("logging.run_dir=" + dir.string()); }
 
-// Runs `command` with the directory `disk` replaced by a tmpfs of `kib` KiB,
-// then copies `disk`/run to `saved` before the tmpfs vanishes. The exit
-// status is the command's.
-test::ShellResult run_on_small_disk(const fs::path& disk, uint64_t kib, const std::string& command, const fs::path& saved) {
-  return test::run_in_private_mount_namespace("mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) +
-                                        " || exit 90; " + command + "; status=$?; cp -a " + quote(disk / "run") + " " +
-                                        quote(saved) + " || exit 91; exit $status");
-}
-
 // The files of one checkpoint of the run `json` describes, written under
 // `scratch`, and their sizes in bytes.
 std::map<std::string, uint64_t> checkpoint_file_sizes(Json json, const fs::path& scratch) {
@@ -158,7 +149,7 @@ TEST(Reliability, AFullDiskFailsTheSavesButKeepsTheLastCheckpoint) {
   const uint64_t disk_kib = (checkpoint_bytes(json, dir / "sizing") + 4095) / 4096 * 4 + 64;
   const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
-  test::ShellResult run = run_on_small_disk(disk, disk_kib, train, saved);
+  test::ShellResult run = test::run_on_small_disk(disk, disk_kib, train, disk / "run", saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
   // The free-space check warns before the saves that cannot fit.
@@ -197,9 +188,7 @@ TEST(Reliability, AFullDiskWhileCommittingAManifestKeepsThePreviousCheckpoint) {
   const uint64_t kib = 4 * (2 * pages(sizes.at("rank_00000.bin")) + pages(sizes.at("manifest.json")));
   const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
-  test::ShellResult run = test::run_in_private_mount_namespace(
-      "mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " + quote(disk) + " || exit 90; " + train +
-      "; status=$?; cp -a " + quote(disk / "checkpoints") + " " + quote(saved) + " || exit 91; exit $status");
+  test::ShellResult run = test::run_on_small_disk(disk, kib, train, disk / "checkpoints", saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_TRUE(contains(run.output, "step_00000004.tmp/manifest.json")) << run.output;
@@ -227,7 +216,7 @@ TEST(Reliability, AFullDiskAtStartStopsBeforeTheFirstStep) {
   const std::string fill = "dd if=/dev/zero of=" + quote(disk / "filler") + " bs=4k count=64 2>/dev/null; ";
   const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
-  test::ShellResult run = run_on_small_disk(disk, 64, fill + train, saved);
+  test::ShellResult run = test::run_on_small_disk(disk, 64, fill + train, disk / "run", saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_TRUE(contains(run.output, "run/config.json.tmp: write failed after 0 bytes: No space left on device")) << run.output;
@@ -250,7 +239,7 @@ TEST(Reliability, AFullDiskUnderTheMetricsFileStopsWithACheckpoint) {
   json["checkpoint"] = {{"dir", (dir / "checkpoints").string()}, {"keep_last", 1}};
   const std::string train = test::emix_command("train " + config_option(dir / "run.json", json));
   const fs::path saved = dir / "saved";
-  test::ShellResult run = run_on_small_disk(disk, 16, train, saved);
+  test::ShellResult run = test::run_on_small_disk(disk, 16, train, disk / "run", saved);
 
   EXPECT_EQ(run.exit_code, 1) << run.output;
   EXPECT_TRUE(contains(run.output, "metrics.jsonl: write failed after")) << run.output;
@@ -343,7 +332,7 @@ TEST(Reliability, TokenizingOntoAFullDiskLeavesOnlyWholeShards) {
   write_text_file_atomic(text, read_text_file(test::golden_dir() / ".." / "data" / "tinyshakespeare.txt").substr(0, 60000));
   const std::string tokenize = test::emix_command("tokenize --input " + quote(text) + " --output-dir " + quote(disk / "run") +
                                     " --name tiny --val-tokens 2048 --tokenizer-dir " + quote(test::tokenizer_dir()));
-  test::ShellResult run = run_on_small_disk(disk, 16, tokenize, dir / "saved");
+  test::ShellResult run = test::run_on_small_disk(disk, 16, tokenize, disk / "run", dir / "saved");
 
   EXPECT_NE(run.exit_code, 0) << run.output;
   EXPECT_TRUE(contains(run.output, "tiny_train_000000.bin")) << run.output;

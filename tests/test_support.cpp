@@ -115,6 +115,14 @@ ShellResult run_in_private_mount_namespace(const std::string& script) {
   return run_shell("unshare -rm sh -c " + shell_quote(script));
 }
 
+ShellResult run_on_small_disk(const std::filesystem::path& disk, uint64_t kib, const std::string& command,
+                              const std::filesystem::path& copied, const std::filesystem::path& saved) {
+  return run_in_private_mount_namespace("mount -t tmpfs -o size=" + std::to_string(kib) + "k tmpfs " +
+                                        shell_quote(disk.string()) + " || exit 90; " + command + "; status=$?; cp -a " +
+                                        shell_quote(copied.string()) + " " + shell_quote(saved.string()) +
+                                        " || exit 91; exit $status");
+}
+
 std::string why_no_private_tmpfs(const std::filesystem::path& mount_point) {
   std::filesystem::create_directories(mount_point);
   ShellResult probe =

@@ -75,6 +75,11 @@ ShellResult run_in_private_mount_namespace(const std::string& script);
 // Creates `mount_point` and says why a test cannot mount a private tmpfs on
 // it on this machine (no user namespaces, no unshare), or "" when it can.
 std::string why_no_private_tmpfs(const std::filesystem::path& mount_point);
+// Runs `command` with the directory `disk` replaced by a private tmpfs of
+// `kib` KiB, then copies `copied` (under `disk`) to `saved` before the tmpfs
+// vanishes. The exit status is the command's.
+ShellResult run_on_small_disk(const std::filesystem::path& disk, uint64_t kib, const std::string& command,
+                              const std::filesystem::path& copied, const std::filesystem::path& saved);
 
 // What the every-optimizer tests cover: each registered optimizer with its
 // defaults, and AdEMAMix's narrow m2 storages.
