@@ -37,7 +37,7 @@ void print_plan(const MemoryOptions& options) {
               config.optimizer.at("name").get<std::string>().c_str(), config.device.c_str());
   for (ZeroStage stage : {ZeroStage::replicate, ZeroStage::shard_all, ZeroStage::shard_m2}) {
     const std::string title = fmt::format("ZeRO stage {}", zero_stage_name(stage));
-    if (stage == ZeroStage::shard_m2 && std::none_of(buffers.begin(), buffers.end(), [](const StateBuffer& b) { return b.name == "m2"; })) {
+    if (stage == ZeroStage::shard_m2 && !has_m2(buffers)) {
       std::printf("\n%s: the optimizer keeps no m2, so this is stage 0\n", title.c_str());
       continue;
     }

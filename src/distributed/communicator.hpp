@@ -109,7 +109,7 @@ class Communicator {
   // true on every rank if `flag` is true on any rank (e.g. a stop request
   // that reached one rank only).
   virtual bool any(bool flag) = 0;
-  // Collective: if `ok` is false on any rank, every rank throws emix::Error
+  // Collective: if `ok` is false on any rank, every rank throws emix::CollectiveError
   // naming the failed ranks and rank-local `what` of this rank (just `what`
   // when there is one process).
   void check_all(bool ok, const std::string& what);

@@ -1,5 +1,6 @@
 #pragma once
-// How ZeRO stage 1 splits the flat parameter buffer over the ranks: rank r
+// How ZeRO stages 1 and m2 split the flat parameter buffer over the ranks
+// (every buffer at stage 1, AdEMAMix's m2 at stage m2): rank r
 // owns the contiguous range [r·chunk, (r+1)·chunk) clipped to the buffer,
 // with chunk = ceil(total / world) rounded up to a multiple of `alignment`.
 // The buffer is handled as world × chunk elements, zero-padded at the end,

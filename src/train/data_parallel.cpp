@@ -41,11 +41,11 @@ void check_placement(int world, const ModelBackend& backend) {
   }
 }
 
+}  // namespace
+
 bool has_m2(std::span<const StateBuffer> buffers) {
   return std::any_of(buffers.begin(), buffers.end(), [](const StateBuffer& b) { return b.name == "m2"; });
 }
-
-}  // namespace
 
 std::vector<StateBuffer> optimizer_state_layout(const Json& optimizer_section) {
   std::vector<StateBuffer> buffers = make_optimizer(optimizer_section, 0, {}, Placement::host)->state_buffers();
@@ -64,8 +64,8 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
     rows.push_back({"gradients (bf16)", 2 * n});
     rows.push_back({"master weights (fp32)", 4 * (shard_all ? plan.chunk : n)});
   } else {
-    // Padded to world × chunk with several ranks (ModelBackend::padded_host_buffers).
-    const uint64_t buffer = plan.world > 1 ? plan.padded_total() : n;
+    // Padded to world × chunk at stage 1 (ModelBackend::padded_host_buffers).
+    const uint64_t buffer = shard_all ? plan.padded_total() : n;
     rows.push_back({"parameters = master weights (fp32)", 4 * buffer});
     rows.push_back({"gradients (fp32)", 4 * buffer});
     if (shard_m2) rows.push_back({"m2 of one shard in flight", 4 * plan.chunk});
@@ -87,7 +87,7 @@ DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json
   const bool several = comm.world_size() > 1;
   plan_ = ShardPlan::make(total, comm.world_size(), comm.rank(), kSumOfSquaresBlock);
   sharded_ = zero_stage == ZeroStage::shard_all && several;
-  if (several) host_ = backend.padded_host_buffers(plan_.padded_total());
+  if (several) host_ = backend.padded_host_buffers(sharded_ ? plan_.padded_total() : total);
   const OptimizerSpec& spec = spec_of(optimizer_section);
   if (has_m2(state_layout_) != (spec.build_m2_sharded != nullptr)) {
     throw std::logic_error("an optimizer keeps an m2 buffer if and only if it can shard it alone");

@@ -17,9 +17,9 @@
 //      minimal change: gradients are all-reduced, rank r updates m2 over
 //      shard r, and the shards' new m2 are broadcast one after the other,
 //      every rank applying the rest of the update (m1, ν, parameters) to
-//      each shard as its m2 arrives. A third more communication than stage 0
-//      and stage 1, and every rank holds all but m2. An optimizer without m2
-//      shards nothing (stage 0).
+//      each shard as its m2 arrives. Half as much communication again as
+//      stages 0 and 1 (3 parameter volumes against 2), and every rank holds
+//      all but m2. An optimizer without m2 shards nothing (stage 0).
 //
 // With one rank all three are the single-process run, and the backend does the
 // work itself (any backend, the GPU included). With several ranks the
@@ -58,6 +58,9 @@ struct MemoryRow {
 // (spans empty): a size-0 instance is built to ask it.
 std::vector<StateBuffer> optimizer_state_layout(const Json& optimizer_section);
 
+// Whether an optimizer with these buffers keeps an m2 (which stage m2 shards).
+bool has_m2(std::span<const StateBuffer> buffers);
+
 // The rows for a model of `parameters` parameters on `placement`, with an
 // optimizer whose buffers are `buffers` (names and storage; their spans are
 // not read), on the rank of `plan` that owns the largest shard. An int8 m2
@@ -68,8 +71,11 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
 
 class DataParallel {
  public:
-  // Builds the optimizer from the config's optimizer section, over the whole
-  // parameter buffer or, when sharded, over this rank's shard.
+  // Builds the optimizer from the config's optimizer section: over the whole
+  // parameter buffer, over this rank's shard (stage 1), or over the whole
+  // buffer with m2 for this rank's shard (stage m2). At stage 1 with several
+  // ranks it pads the backend's weight and gradient buffers to world × chunk
+  // (padded_host_buffers), which invalidates spans of them taken before.
   DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, ZeroStage zero_stage);
   ~DataParallel();
 
@@ -120,7 +126,7 @@ class DataParallel {
   bool sharded_;
   std::unique_ptr<Optimizer> optimizer_;
   // Several ranks only: the backend's weights and gradients, padded to
-  // world × chunk, which the collectives work on in place.
+  // world × chunk at stage 1, which the collectives work on in place.
   ModelBackend::HostBuffers host_;
   // Stage m2 with several ranks: the optimizer, and one shard's new m2.
   M2ShardedOptimizer* m2_sharded_ = nullptr;

@@ -28,20 +28,25 @@ using Clock = std::chrono::steady_clock;
 // "state: m1 (fp32), m2 (int8), nu (fp32); 9.02 bytes/parameter". The CPU
 // keeps every buffer in floats: a narrow storage (m2_dtype) is named there
 // with what it would take on a GPU, and so are the bytes.
-std::string describe_state(const Optimizer& optimizer, const std::vector<StateBuffer>& layout) {
+std::string describe_state(Optimizer& optimizer, const std::vector<StateBuffer>& layout) {
   if (layout.empty()) return "no state";
   const bool on_device = optimizer.placement() == Placement::device;
   std::string names;
-  uint64_t device_bytes = 0;
   for (const StateBuffer& buffer : layout) {
     const std::string_view storage = storage_name(buffer.device_storage);
     const bool narrow = buffer.device_storage != StateStorage::float32;
     names += fmt::format("{}{} ({})", names.empty() ? "" : ", ", buffer.name,
                          on_device || !narrow ? std::string(storage) : fmt::format("fp32; {} on a GPU", storage));
-    device_bytes += device_state_bytes(buffer.device_storage, optimizer.size());
   }
   std::string line = fmt::format("state: {}; {:.2f} bytes/parameter", names, optimizer.state_bytes_per_parameter());
-  if (!on_device && device_bytes != optimizer.state_bytes() && optimizer.size() > 0) {
+  if (on_device || optimizer.size() == 0) return line;
+  // The host's buffers, each with the elements it holds here (training.zero_stage
+  // "m2" holds m2 for a shard only), as a GPU would store them.
+  uint64_t device_bytes = 0;
+  for (const StateBuffer& buffer : optimizer.state_buffers()) {
+    device_bytes += device_state_bytes(buffer.device_storage, buffer.data.size());
+  }
+  if (device_bytes != optimizer.state_bytes()) {
     line += fmt::format(", {:.2f} on a GPU", static_cast<double>(device_bytes) / static_cast<double>(optimizer.size()));
   }
   return line;
@@ -493,7 +498,7 @@ fs::path Trainer::save_checkpoint() {
   auto start = Clock::now();
   const bool leader = comm_.rank() == 0;
   // Rank 0 writes the parameters (the same on every rank) and the optimizer
-  // state unless it is sharded, when every rank writes its own shard.
+  // buffers that are replicated; each rank writes the shards it holds.
   std::vector<TensorRef> tensors;
   if (leader) tensors.push_back(TensorRef{"params", backend_->weights(), 0});
   for (auto& tensor : data_parallel_->optimizer_state_tensors()) tensors.push_back(std::move(tensor));
