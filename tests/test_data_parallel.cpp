@@ -201,17 +201,10 @@ TEST(DataParallel, ResumeWithTheSameRanksIsBitExact) {
       const std::string tag = std::string(name) + stage_label(stage);
       Trainer straight(Config::from_json(run_config(dir.path(), name, tag + "_straight", stage)), nullptr, &comm());
       ASSERT_TRUE(straight.run());
-      Config config = Config::from_json(run_config(dir.path(), name, tag + "_resumed", stage));
-      {
-        Trainer first(config, nullptr, &comm());
-        EXPECT_FALSE(first.run(/*stop_at_step=*/4));
-      }
-      auto checkpoint = open_latest_checkpoint(config.checkpoint_dir());
-      ASSERT_TRUE(checkpoint.has_value());
-      Trainer second(config, &*checkpoint, &comm());
-      ASSERT_TRUE(second.run());
-      EXPECT_TRUE(same_bits(weights_of(second), weights_of(straight)));
-      EXPECT_EQ(second.history().back().loss, straight.history().back().loss);
+      const test::ResumedRun resumed = test::run_stopped_and_resumed(
+          Config::from_json(run_config(dir.path(), name, tag + "_resumed", stage)), /*stop_at_step=*/4, &comm());
+      EXPECT_TRUE(same_bits(weights_of(*resumed.trainer), weights_of(straight)));
+      EXPECT_EQ(resumed.history.back().loss, straight.history().back().loss);
     }
   }
 }
@@ -260,13 +253,9 @@ TEST(DataParallel, AModelTooSmallToGiveEveryRankAShardTrainsAlike) {
   ASSERT_TRUE(replicated.run());
   for (const Json& stage : {Json(1), Json("m2")}) {
     SCOPED_TRACE("zero_stage " + stage_label(stage));
-    const Config config = small_model("small" + stage_label(stage), stage);
-    EXPECT_FALSE(Trainer(config, nullptr, &comm()).run(3));
-    auto checkpoint = open_latest_checkpoint(config.checkpoint_dir());
-    ASSERT_TRUE(checkpoint.has_value());
-    Trainer resumed(config, &*checkpoint, &comm());
-    ASSERT_TRUE(resumed.run());
-    EXPECT_TRUE(same_bits(weights_of(resumed), weights_of(replicated)));
+    const test::ResumedRun resumed =
+        test::run_stopped_and_resumed(small_model("small" + stage_label(stage), stage), /*stop_at_step=*/3, &comm());
+    EXPECT_TRUE(same_bits(weights_of(*resumed.trainer), weights_of(replicated)));
   }
 }
 

@@ -29,19 +29,9 @@ TEST(Resume, IsBitExactForEveryOptimizer) {
     Trainer straight(config);
     ASSERT_TRUE(straight.run());
 
-    Config interrupted_config = Config::from_json(test::tiny_run_config(dir, v.name, v.label + "_resumed", v.overrides));
-    std::vector<StepRecord> records;
-    {
-      Trainer first(interrupted_config);
-      EXPECT_FALSE(first.run(/*stop_at_step=*/7));
-      records = first.history();
-    }
-    auto checkpoint = open_latest_checkpoint(interrupted_config.checkpoint_dir());
-    ASSERT_TRUE(checkpoint.has_value());
-    EXPECT_EQ(checkpoint->step(), 7);
-    Trainer second(interrupted_config, &*checkpoint);
-    ASSERT_TRUE(second.run());
-    records.insert(records.end(), second.history().begin(), second.history().end());
+    const test::ResumedRun resumed = test::run_stopped_and_resumed(
+        Config::from_json(test::tiny_run_config(dir, v.name, v.label + "_resumed", v.overrides)), /*stop_at_step=*/7);
+    const std::vector<StepRecord>& records = resumed.history;
 
     ASSERT_EQ(records.size(), straight.history().size());
     for (size_t i = 0; i < records.size(); ++i) {
@@ -49,7 +39,7 @@ TEST(Resume, IsBitExactForEveryOptimizer) {
       EXPECT_EQ(std::memcmp(&records[i].loss, &straight.history()[i].loss, sizeof(float)), 0) << "step " << i + 1;
       EXPECT_EQ(records[i].grad_norm, straight.history()[i].grad_norm) << "step " << i + 1;
     }
-    EXPECT_TRUE(bitwise_equal(second.backend().weights(), straight.backend().weights()));
+    EXPECT_TRUE(bitwise_equal(resumed.trainer->backend().weights(), straight.backend().weights()));
     EXPECT_LT(straight.history().back().loss, straight.history().front().loss);
   }
 }

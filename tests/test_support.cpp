@@ -4,9 +4,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 
 #include <sys/wait.h>
 
+#include "checkpoint/checkpoint.hpp"
 #include "core/file_io.hpp"
 #include "core/rng.hpp"
 #include "data/shard.hpp"
@@ -110,6 +112,24 @@ std::string shell_quote(const std::string& text) {
 }
 
 std::string emix_command(const std::string& arguments) { return shell_quote(EMIX_BINARY) + " " + arguments; }
+
+ResumedRun run_stopped_and_resumed(const Config& config, int64_t stop_at_step, Communicator* comm) {
+  ResumedRun resumed;
+  {
+    Trainer first(config, nullptr, comm);
+    if (first.run(stop_at_step)) throw std::runtime_error("the run finished before the stop");
+    resumed.history = first.history();
+  }
+  auto checkpoint = open_latest_checkpoint(config.checkpoint_dir());
+  if (!checkpoint || checkpoint->step() != stop_at_step) {
+    throw std::runtime_error("no checkpoint of step " + std::to_string(stop_at_step) + " after the stop");
+  }
+  resumed.trainer = std::make_unique<Trainer>(config, &*checkpoint, comm);
+  if (!resumed.trainer->run()) throw std::runtime_error("the resumed run did not finish");
+  const std::vector<StepRecord>& second = resumed.trainer->history();
+  resumed.history.insert(resumed.history.end(), second.begin(), second.end());
+  return resumed;
+}
 
 ShellResult run_in_private_mount_namespace(const std::string& script) {
   return run_shell("unshare -rm sh -c " + shell_quote(script));

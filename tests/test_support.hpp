@@ -3,6 +3,7 @@
 // directories, and reading the golden binary files.
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 
 #include "model/gpt2_config.hpp"
 #include "optim/optimizer.hpp"
+#include "train/trainer.hpp"
 
 namespace emix {
 class Communicator;
@@ -80,6 +82,16 @@ std::string why_no_private_tmpfs(const std::filesystem::path& mount_point);
 // vanishes. The exit status is the command's.
 ShellResult run_on_small_disk(const std::filesystem::path& disk, uint64_t kib, const std::string& command,
                               const std::filesystem::path& copied, const std::filesystem::path& saved);
+
+// A run of `config` stopped after step `stop_at_step`, with the checkpoint a
+// preemption leaves, then resumed from its latest checkpoint and run to the
+// end (on `comm`'s ranks, or alone). Throws, failing the test, when either
+// half does not end as it should or the checkpoint is not of that step.
+struct ResumedRun {
+  std::unique_ptr<Trainer> trainer;  // the second half, finished
+  std::vector<StepRecord> history;   // the steps of both halves
+};
+ResumedRun run_stopped_and_resumed(const Config& config, int64_t stop_at_step, Communicator* comm = nullptr);
 
 // What the every-optimizer tests cover: each registered optimizer with its
 // defaults, and AdEMAMix's narrow m2 storages.

@@ -269,24 +269,15 @@ TEST(CudaModel, ResumesBitExactlyAndIsDeterministic) {
       ASSERT_TRUE(again.run());
       EXPECT_TRUE(bitwise_equal(again.backend().weights(), straight->backend().weights())) << "two runs differ";
 
-      Config interrupted = Config::from_json(tiny_cuda_config(dir, name, run + "_resumed", "cuda", attention));
-      std::vector<StepRecord> records;
-      {
-        Trainer first(interrupted);
-        EXPECT_FALSE(first.run(/*stop_at_step=*/7));
-        records = first.history();
-      }
-      auto checkpoint = open_latest_checkpoint(interrupted.checkpoint_dir());
-      ASSERT_TRUE(checkpoint.has_value());
-      Trainer second(interrupted, &*checkpoint);
-      ASSERT_TRUE(second.run());
-      records.insert(records.end(), second.history().begin(), second.history().end());
+      const test::ResumedRun resumed = test::run_stopped_and_resumed(
+          Config::from_json(tiny_cuda_config(dir, name, run + "_resumed", "cuda", attention)), /*stop_at_step=*/7);
+      const std::vector<StepRecord>& records = resumed.history;
       ASSERT_EQ(records.size(), straight->history().size());
       for (size_t i = 0; i < records.size(); ++i) {
         EXPECT_EQ(std::memcmp(&records[i].loss, &straight->history()[i].loss, sizeof(float)), 0) << "step " << i + 1;
         EXPECT_EQ(records[i].grad_norm, straight->history()[i].grad_norm) << "step " << i + 1;
       }
-      EXPECT_TRUE(bitwise_equal(second.backend().weights(), straight->backend().weights()));
+      EXPECT_TRUE(bitwise_equal(resumed.trainer->backend().weights(), straight->backend().weights()));
     }
   }
 }
