@@ -54,18 +54,39 @@ void Communicator::check_all(bool ok, const std::string& what) {
   fail_collective("rank {} of {}: stopping because rank(s) {} failed", rank(), n, ranks);
 }
 
-std::unique_ptr<Communicator> make_communicator() {
+namespace {
+
+NcclCommunicatorFactory& nccl_factory() {
+  static NcclCommunicatorFactory factory = nullptr;
+  return factory;
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(const ProcessIdentity& identity) {
+  if (nccl_factory() == nullptr) fail("the NCCL communicator needs a build with the CUDA backend");
+  return nccl_factory()(identity);
+}
+
+}  // namespace
+
+bool register_nccl_communicator(NcclCommunicatorFactory factory) {
+  nccl_factory() = factory;
+  return true;
+}
+
+std::unique_ptr<Communicator> make_communicator(bool gpu_run) {
   if (const char* forced = std::getenv("EMIX_COMM"); forced != nullptr && *forced != '\0') {
     const std::string backend = forced;
     if (backend == "local") return make_local_communicator();
     if (backend == "mpi") return make_mpi_communicator();
-    fail("EMIX_COMM={} is not a backend: use local or mpi", backend);
+    if (backend == "nccl") return make_nccl_communicator(read_process_identity());
+    fail("EMIX_COMM={} is not a backend: use local, mpi or nccl", backend);
   }
   const ProcessIdentity identity = read_process_identity();
   if (identity.world_size <= 1) return make_local_communicator();
+  if (gpu_run) return make_nccl_communicator(identity);
   if (!identity.mpi_launcher) {
-    fail("{} = {}/{} announces a multi-process launch without MPI (torchrun-style); emix needs an MPI "
-         "launcher for several processes: use mpirun -np N or srun",
+    fail("{} = {}/{} announces a multi-process launch without MPI (torchrun-style); CPU runs need an MPI "
+         "launcher for several processes (GPU runs do not): use mpirun -np N or srun",
          identity.source, identity.rank, identity.world_size);
   }
   return make_mpi_communicator();

@@ -1,35 +1,42 @@
 #pragma once
 // The communication layer of multi-process (data-parallel) training.
 //
-// One process per rank; ranks exchange float buffers in host memory.
-// Two backends behind one interface:
+// One process per rank; ranks exchange float buffers in host memory, and
+// GPU buffers where the backend can (device_collectives()). Three backends
+// behind one interface:
 //
 //   * LocalCommunicator (local_communicator.cpp): world size 1, no MPI.
 //     Every collective is a copy (or nothing).
-//   * MpiCommunicator (mpi_communicator.cpp): Open MPI, loaded at run time
-//     with dlopen("libmpi.so.40", RTLD_NOW | RTLD_GLOBAL) and the dozen MPI
-//     functions it needs resolved with dlsym. Open MPI's predefined handles
-//     (MPI_COMM_WORLD, MPI_BYTE) are addresses of global objects
-//     (ompi_mpi_comm_world, ompi_mpi_byte; see OMPI_PREDEFINED_GLOBAL in
-//     mpi.h), so they are resolved with dlsym as well. Why dlopen and not a
-//     link against libmpi: the emix binary must start on machines without
+//   * MPI (mpi_communicator.cpp, a Transport: transport.hpp): Open MPI,
+//     loaded at run time with dlopen("libmpi.so.40", RTLD_NOW | RTLD_GLOBAL)
+//     and the dozen MPI functions it needs resolved with dlsym. Open MPI's
+//     predefined handles (MPI_COMM_WORLD, MPI_BYTE) are addresses of global
+//     objects (ompi_mpi_comm_world, ompi_mpi_byte; see OMPI_PREDEFINED_GLOBAL
+//     in mpi.h), so they are resolved with dlsym as well. Why dlopen and not
+//     a link against libmpi: the emix binary must start on machines without
 //     MPI (the GPU image has no Debian packages), so it must not need
 //     libmpi.so at load time; `ldd build/emix` lists no libmpi. No MPI
 //     header is needed to build either (the few ABI facts used are spelled
-//     out in mpi_communicator.cpp and checked against mpi.h by
+//     out in mpi_abi.hpp and checked against mpi.h by
 //     tests/test_distributed.cpp when the headers are installed).
 //     RTLD_GLOBAL is required: Open MPI's own plugins (mca_*.so) resolve
 //     symbols of libmpi / libopen-pal from the global namespace.
+//   * NCCL (distributed/cuda/nccl_transport.cpp, CUDA builds only, also a
+//     Transport): runs whose model is on GPUs. libnccl.so.2 is loaded with
+//     dlopen for the same reason as libmpi. Its unique id travels over MPI
+//     under an MPI launcher, else over the rendezvous (rendezvous.hpp), so
+//     GPU runs need no MPI at all.
 //
 // make_communicator() picks the backend from read_process_identity()
 // (process_identity.hpp: the launcher's variables, innermost launcher
-// first). A world size above 1 from an MPI launcher (mpirun, srun) selects
-// the MPI backend (and failing to load libmpi.so.40 is an error that says
-// so); otherwise the local backend. Several processes from a torchrun-style
-// launcher (RANK/WORLD_SIZE) have no MPI runtime behind them: an error (not
-// supported yet), never a silent single-process run. EMIX_COMM=local|mpi
-// forces a backend. local_rank() comes from the identity; rank() and
-// world_size() of the MPI backend come from MPI itself.
+// first) and where the model lives. A world size above 1 selects NCCL for a
+// GPU run; for a CPU run, MPI under an MPI launcher (mpirun, srun; failing
+// to load libmpi.so.40 is an error that says so). Several CPU processes from
+// a torchrun-style launcher (RANK/WORLD_SIZE) have no MPI runtime behind
+// them: an error, never a silent single-process run. Otherwise the local
+// backend. EMIX_COMM=local|mpi|nccl forces a backend (nccl also with one
+// rank: it runs the multi-GPU code paths on one GPU). local_rank() comes from
+// the identity; rank() and world_size() of MPI and NCCL from themselves.
 //
 // Determinism. MPI does not promise that MPI_Allreduce / MPI_Reduce_scatter
 // with MPI_SUM give bit-identical results from run to run: the standard only
@@ -65,6 +72,9 @@
 
 namespace emix {
 
+class DeviceCollectives;
+struct ProcessIdentity;
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -73,8 +83,10 @@ class Communicator {
   virtual int world_size() const = 0;
   // Rank among the processes of this node (selects the GPU).
   virtual int local_rank() const = 0;
-  // "local" or "mpi".
+  // "local", "mpi" or "nccl".
   virtual std::string backend() const = 0;
+  // Collectives on GPU buffers (NCCL); null for the other backends.
+  virtual DeviceCollectives* device_collectives() { return nullptr; }
 
   // In place: data becomes the element-wise sum over ranks. Every rank
   // passes the same length.
@@ -125,10 +137,14 @@ class Communicator {
 };
 
 std::unique_ptr<Communicator> make_local_communicator();
-// Loads libmpi.so.40 (or $EMIX_LIBMPI), initializes MPI (MPI_THREAD_FUNNELED)
-// unless it is already, and finalizes it on destruction if it initialized it.
+// Over make_mpi_transport() (transport.hpp).
 std::unique_ptr<Communicator> make_mpi_communicator();
-// See the header comment: MPI when launched with more than one rank.
-std::unique_ptr<Communicator> make_communicator();
+// See the header comment; gpu_run: the model lives on GPUs.
+std::unique_ptr<Communicator> make_communicator(bool gpu_run = false);
+
+// The NCCL backend, which CUDA builds register (selecting this rank's GPU
+// comes with it).
+using NcclCommunicatorFactory = std::unique_ptr<Communicator> (*)(const ProcessIdentity& identity);
+bool register_nccl_communicator(NcclCommunicatorFactory factory);
 
 }  // namespace emix
