@@ -48,10 +48,6 @@ bool is_bf16(float x) {
   return (bits & 0xFFFFu) == 0;
 }
 
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 std::string error_message(const Json& hyperparameters) {
   try {
     find_optimizer("ademamix").normalize(hyperparameters);
@@ -218,9 +214,9 @@ TEST(AdemamixBf16M2, BitsDependOnSeedAndGlobalIndexOnly) {
   std::vector<float> shard_m2 = test::state_buffer(*low, "m2");
   const std::vector<float> high_m2 = test::state_buffer(*high, "m2");
   shard_m2.insert(shard_m2.end(), high_m2.begin(), high_m2.end());
-  EXPECT_TRUE(bitwise_equal(shard_m2, test::state_buffer(*whole, "m2")));
-  EXPECT_TRUE(bitwise_equal(shard_params, params));
-  EXPECT_FALSE(bitwise_equal(test::state_buffer(*reseeded, "m2"), test::state_buffer(*whole, "m2")));
+  EXPECT_TRUE(test::same_bits(shard_m2, test::state_buffer(*whole, "m2")));
+  EXPECT_TRUE(test::same_bits(shard_params, params));
+  EXPECT_FALSE(test::same_bits(test::state_buffer(*reseeded, "m2"), test::state_buffer(*whole, "m2")));
 }
 
 }  // namespace

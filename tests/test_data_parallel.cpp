@@ -34,6 +34,7 @@
 #include "core/file_io.hpp"
 #include "data/shard.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/device_collectives.hpp"
 #include "optim/grad_clip.hpp"
 #include "optim/optimizer.hpp"
 #include "test_support.hpp"
@@ -99,10 +100,6 @@ std::vector<float> weights_of(Trainer& trainer) {
   return {w.begin(), w.end()};
 }
 
-bool same_bits(std::span<const float> a, std::span<const float> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
-}
-
 // The attention's key biases: their gradient is zero in exact arithmetic
 // (adding b·q to every score of a query leaves its softmax unchanged), so
 // what they receive is rounding residue, which differs with the order of the
@@ -150,7 +147,7 @@ void expect_close_to_reference(const Reference& reference, Trainer& trainer) {
   }
   EXPECT_EQ(beyond, 0u) << "largest |Δ| " << largest;
   if (comm().world_size() == 1) {
-    EXPECT_TRUE(same_bits(weights, reference.weights));
+    EXPECT_TRUE(test::same_bits(weights, reference.weights));
   }
   ASSERT_EQ(trainer.history().size(), reference.history.size());
   for (size_t s = 0; s < reference.history.size(); ++s) {
@@ -177,7 +174,7 @@ TEST(DataParallel, EveryOptimizerAtEveryStageMatchesTheSingleProcessRun) {
       ASSERT_TRUE(trainer.run());
       expect_close_to_reference(reference, trainer);
       if (stage == 0) stage_zero_weights = weights_of(trainer);
-      EXPECT_TRUE(same_bits(weights_of(trainer), stage_zero_weights)) << "differs from stage 0";
+      EXPECT_TRUE(test::same_bits(weights_of(trainer), stage_zero_weights)) << "differs from stage 0";
     }
   }
 }
@@ -203,7 +200,7 @@ TEST(DataParallel, ResumeWithTheSameRanksIsBitExact) {
       ASSERT_TRUE(straight.run());
       const test::ResumedRun resumed = test::run_stopped_and_resumed(
           Config::from_json(run_config(dir.path(), name, tag + "_resumed", stage)), /*stop_at_step=*/4, &comm());
-      EXPECT_TRUE(same_bits(weights_of(*resumed.trainer), weights_of(straight)));
+      EXPECT_TRUE(test::same_bits(weights_of(*resumed.trainer), weights_of(straight)));
       EXPECT_EQ(resumed.history.back().loss, straight.history().back().loss);
     }
   }
@@ -233,7 +230,7 @@ TEST(DataParallel, TheStageCanChangeAtEachResume) {
   EXPECT_FALSE(resume_at_stage(1)->run(4));
   auto last_leg = resume_at_stage(0);
   ASSERT_TRUE(last_leg->run());
-  EXPECT_TRUE(same_bits(weights_of(*last_leg), weights_of(straight)));
+  EXPECT_TRUE(test::same_bits(weights_of(*last_leg), weights_of(straight)));
 }
 
 // A model of about 4,600 parameters: shards of 2048 leave the last rank a
@@ -255,7 +252,7 @@ TEST(DataParallel, AModelTooSmallToGiveEveryRankAShardTrainsAlike) {
     SCOPED_TRACE("zero_stage " + stage_label(stage));
     const test::ResumedRun resumed =
         test::run_stopped_and_resumed(small_model("small" + stage_label(stage), stage), /*stop_at_step=*/3, &comm());
-    EXPECT_TRUE(same_bits(weights_of(*resumed.trainer), weights_of(replicated)));
+    EXPECT_TRUE(test::same_bits(weights_of(*resumed.trainer), weights_of(replicated)));
   }
 }
 
@@ -281,6 +278,26 @@ TEST(DataParallel, StageM2PlansMemoryForM2Alone) {
   const auto zero_rows = per_rank_memory(parameters, Placement::host, adamw, plan, ZeroStage::replicate);
   ASSERT_EQ(m2_rows.size(), zero_rows.size());
   for (size_t i = 0; i < m2_rows.size(); ++i) EXPECT_EQ(m2_rows[i].bytes, zero_rows[i].bytes) << m2_rows[i].what;
+}
+
+// On GPUs every rank keeps all the master weights, and the gradients'
+// exchange buffer stays within its bound whatever the model's size.
+TEST(DataParallel, GpuPlansKeepTheMasterWeightsAndBoundTheExchange) {
+  const size_t parameters = size_t{1} << 31;
+  const auto adamw = optimizer_state_layout(Json{{"name", "adamw"}});
+  for (int world : {2, 3, 4, 8}) {
+    const ShardPlan plan = ShardPlan::make(parameters, world, 0, kSumOfSquaresBlock);
+    const auto rows = per_rank_memory(parameters, Placement::device, adamw, plan, ZeroStage::shard_all);
+    uint64_t master = 0, exchange = 0;
+    for (const auto& row : rows) {
+      if (row.what == "master weights (fp32)") master = row.bytes;
+      if (row.what == "gradient exchange (bf16)") exchange = row.bytes;
+    }
+    EXPECT_EQ(master, 4 * parameters) << world << " ranks";
+    EXPECT_GT(exchange, 0u) << world << " ranks";
+    EXPECT_LE(exchange, kGradientExchangeBytes) << world << " ranks";
+  }
+  EXPECT_EQ(gradient_exchange_bytes(1000, 4), 2u * 4 * 1000);  // a small chunk in one segment
 }
 
 // N ranks at stage 1 and at stage m2 → one process, and one process → N
@@ -611,7 +628,7 @@ TEST(DataParallel, ARankKilledMidRunLosesOnlyTheStepsSinceTheLastCheckpoint) {
     std::vector<float> expected(layout.num_parameters());
     resumed.read_tensor(tensor, got);
     reference.read_tensor(tensor, expected);
-    EXPECT_TRUE(same_bits(got, expected)) << tensor << " differs from the run without the kill";
+    EXPECT_TRUE(test::same_bits(got, expected)) << tensor << " differs from the run without the kill";
   }
 }
 

@@ -51,11 +51,6 @@ Communicator* g_comm = nullptr;
 
 Communicator& comm() { return *g_comm; }
 
-// Bits of a float buffer, for exact comparisons.
-bool same_bits(std::span<const float> a, std::span<const float> b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
-}
-
 // Rank r's pseudo-random contribution: any rank can regenerate any rank's.
 std::vector<float> random_values(int rank, size_t n, uint32_t salt) {
   std::mt19937 rng(1234u + 7919u * static_cast<uint32_t>(rank) + salt);
@@ -113,7 +108,7 @@ TEST(Distributed, AllReduceSumIsRankOrderSumBitForBit) {
   for (size_t length : lengths()) {
     std::vector<float> data = random_values(comm().rank(), length, 1);
     comm().all_reduce_sum(std::span<float>(data));
-    EXPECT_TRUE(same_bits(data, rank_order_sum(n, length, 1))) << "length " << length;
+    EXPECT_TRUE(test::same_bits(data, rank_order_sum(n, length, 1))) << "length " << length;
   }
 }
 
@@ -124,11 +119,11 @@ TEST(Distributed, AllReduceIsDeterministic) {
   std::vector<float> second = input;
   comm().all_reduce_sum(std::span<float>(first));
   comm().all_reduce_sum(std::span<float>(second));
-  EXPECT_TRUE(same_bits(first, second));
+  EXPECT_TRUE(test::same_bits(first, second));
   // Identical on every rank: rank 0's result, broadcast, has the same bits.
   std::vector<float> root = first;
   comm().broadcast(std::span<float>(root), 0);
-  EXPECT_TRUE(same_bits(first, root));
+  EXPECT_TRUE(test::same_bits(first, root));
 }
 
 TEST(Distributed, AllReduceMean) {
@@ -165,7 +160,7 @@ TEST(Distributed, ReduceScatterThenAllGatherEqualsAllReduce) {
     comm().all_gather(shard, gathered);
     std::vector<float> reduced = values;
     comm().all_reduce_sum(std::span<float>(reduced));
-    EXPECT_TRUE(same_bits(std::span<const float>(gathered).first(length), reduced)) << "length " << length;
+    EXPECT_TRUE(test::same_bits(std::span<const float>(gathered).first(length), reduced)) << "length " << length;
     for (size_t i = length; i < gathered.size(); ++i) EXPECT_EQ(gathered[i], 0.0f);
   }
 }
@@ -192,7 +187,7 @@ TEST(Distributed, ReduceScatterInPlace) {
   comm().reduce_scatter_sum(values, separate);
   std::span<float> mine = std::span<float>(buffer).subspan(comm().rank() * chunk, chunk);
   comm().reduce_scatter_sum(buffer, mine);
-  EXPECT_TRUE(same_bits(mine, separate));
+  EXPECT_TRUE(test::same_bits(mine, separate));
 }
 
 TEST(Distributed, SizeMismatchIsAnErrorOnEveryRank) {
@@ -211,7 +206,7 @@ TEST(Distributed, BroadcastFromEveryRoot) {
   for (int root = 0; root < n; ++root) {
     std::vector<float> data = random_values(comm().rank(), 4099, 4);
     comm().broadcast(std::span<float>(data), root);
-    EXPECT_TRUE(same_bits(data, random_values(root, 4099, 4))) << "root " << root;
+    EXPECT_TRUE(test::same_bits(data, random_values(root, 4099, 4))) << "root " << root;
   }
   std::string text = comm().rank() == 0 ? std::string("run-2026-11-24") : std::string(14, '?');
   comm().broadcast_bytes(std::as_writable_bytes(std::span<char>(text)), 0);
@@ -319,7 +314,8 @@ int child_status(const std::vector<std::pair<const char*, const char*>>& env, vo
   if (pid == 0) {
     for (const char* name : {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK",
                              "PMI_SIZE", "MPI_LOCALRANKID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID",
-                             "SLURM_LOCALID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "EMIX_COMM", "EMIX_LIBMPI"}) {
+                             "SLURM_LOCALID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "EMIX_COMM", "EMIX_LIBMPI",
+                             "EMIX_LIBNCCL"}) {
       unsetenv(name);
     }
     for (const auto& [name, value] : env) setenv(name, value, 1);
@@ -364,6 +360,15 @@ TEST(Distributed, FactoryReadsTheLauncherEnvironment) {
               3);
   }
   EXPECT_EQ(child_status({{"EMIX_COMM", "bogus"}}, [] { make_communicator(); }), 3);
+  // A GPU run: one process needs no NCCL; several (any launcher) or
+  // EMIX_COMM=nccl do, and a missing NCCL (or a build without CUDA) is an error.
+  EXPECT_EQ(child_status({}, [] {
+              if (make_communicator(/*gpu_run=*/true)->backend() != "local") std::_Exit(5);
+            }),
+            0);
+  const std::pair<const char*, const char*> no_nccl = {"EMIX_LIBNCCL", "/nonexistent/libnccl.so.2"};
+  EXPECT_EQ(child_status({{"RANK", "0"}, {"WORLD_SIZE", "2"}, no_nccl}, [] { make_communicator(true); }), 3);
+  EXPECT_EQ(child_status({{"EMIX_COMM", "nccl"}, no_nccl}, [] { make_communicator(true); }), 3);
   EXPECT_EQ(child_status({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "two"}}, [] { make_communicator(); }),
             3);
   auto local_rank_is_3 = [] {

@@ -65,15 +65,11 @@ void copy_state(Optimizer& from, Optimizer& to) {
   to.load_scalar_state(parse_json_text(from.scalar_state().dump(), "scalar state"));
 }
 
-bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
-}
-
 void expect_same_state(Optimizer& a, Optimizer& b) {
   auto x = a.state_buffers();
   auto y = b.state_buffers();
   ASSERT_EQ(x.size(), y.size());
-  for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(bitwise_equal(x[i].data, y[i].data)) << x[i].name;
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(test::same_bits(x[i].data, y[i].data)) << x[i].name;
   EXPECT_EQ(a.scalar_state(), b.scalar_state());
 }
 
@@ -180,7 +176,7 @@ TEST_P(OptimGolden, RestoredMidTrajectoryContinuesBitExactly) {
     golden.step(*original, params, t);
     golden.step(*restored, restored_params, t);
   }
-  EXPECT_TRUE(bitwise_equal(params, restored_params));
+  EXPECT_TRUE(test::same_bits(params, restored_params));
   expect_same_state(*original, *restored);
 }
 
@@ -261,7 +257,7 @@ TEST(Optimizers, RestoredStateContinuesBitExactly) {
       original->step(params, grads, StepInfo{t, lr});
       restored->step(restored_params, grads, StepInfo{t, lr});
     }
-    EXPECT_TRUE(bitwise_equal(params, restored_params));
+    EXPECT_TRUE(test::same_bits(params, restored_params));
     expect_same_state(*original, *restored);
   }
 }
@@ -384,9 +380,9 @@ TEST(Optimizers, EvalParamsAreTrainParamsExceptScheduleFree) {
     optimizer->step(params, test::random_normal_vector(50, 4), StepInfo{1, 1e-3f});
     const auto trained = params;
     optimizer->to_eval_params(params);
-    EXPECT_TRUE(bitwise_equal(params, trained));
+    EXPECT_TRUE(test::same_bits(params, trained));
     optimizer->to_train_params(params);
-    EXPECT_TRUE(bitwise_equal(params, trained));
+    EXPECT_TRUE(test::same_bits(params, trained));
   }
 }
 
@@ -422,11 +418,11 @@ TEST(Mars, FirstStepIsAdamw) {
   auto adamw_params = mars_params;
   mars->step(mars_params, test::random_normal_vector(size, 6), StepInfo{1, 1e-3f});
   adamw->step(adamw_params, test::random_normal_vector(size, 6), StepInfo{1, 1e-3f});
-  EXPECT_TRUE(bitwise_equal(mars_params, adamw_params));
+  EXPECT_TRUE(test::same_bits(mars_params, adamw_params));
   // From step 2 on, the correction γ·β1/(1−β1)·(g − g_prev) is not zero.
   mars->step(mars_params, test::random_normal_vector(size, 7), StepInfo{2, 1e-3f});
   adamw->step(adamw_params, test::random_normal_vector(size, 7), StepInfo{2, 1e-3f});
-  EXPECT_FALSE(bitwise_equal(mars_params, adamw_params));
+  EXPECT_FALSE(test::same_bits(mars_params, adamw_params));
 }
 
 // The clipping norm is over the optimizer's whole range: splitting the range
@@ -442,7 +438,7 @@ TEST(Mars, ClipNormSpansTheWholeRange) {
     whole->step(whole_params, test::random_normal_vector(size, 10 + t), StepInfo{t, 1e-3f});
     split->step(split_params, test::random_normal_vector(size, 10 + t), StepInfo{t, 1e-3f});
   }
-  EXPECT_TRUE(bitwise_equal(whole_params, split_params));
+  EXPECT_TRUE(test::same_bits(whole_params, split_params));
 }
 
 // With every ‖c‖ above 1, clipping makes c a unit vector, so scaling all
@@ -493,7 +489,7 @@ TEST(ScheduleFree, EvalParamsAreTheAverageOfZ) {
     EXPECT_NEAR(x[i], z_sum[i] / static_cast<double>(steps), 1e-5) << "element " << i;
   }
   // y = (1−β1)·z + β1·x, so x moved away from y.
-  EXPECT_FALSE(bitwise_equal(x, params));
+  EXPECT_FALSE(test::same_bits(x, params));
 }
 
 TEST(ScheduleFree, ConvertsBetweenTrainAndEvalPoints) {
@@ -503,7 +499,7 @@ TEST(ScheduleFree, ConvertsBetweenTrainAndEvalPoints) {
   const auto initial = params;
   // Before the first step x = y = z.
   optimizer->to_eval_params(params);
-  EXPECT_TRUE(bitwise_equal(params, initial));
+  EXPECT_TRUE(test::same_bits(params, initial));
   EXPECT_THROW(optimizer->step(params, test::random_normal_vector(size, 13), StepInfo{1, 1e-3f}), std::logic_error);
   optimizer->to_train_params(params);
   for (int64_t t = 1; t <= 3; ++t) optimizer->step(params, test::random_normal_vector(size, 13 + t), StepInfo{t, 1e-3f});
@@ -511,7 +507,7 @@ TEST(ScheduleFree, ConvertsBetweenTrainAndEvalPoints) {
   optimizer->to_eval_params(params);
   const auto x = params;
   optimizer->to_eval_params(params);  // already x: nothing happens
-  EXPECT_TRUE(bitwise_equal(params, x));
+  EXPECT_TRUE(test::same_bits(params, x));
   EXPECT_THROW(optimizer->step(params, test::random_normal_vector(size, 20), StepInfo{4, 1e-3f}), std::logic_error);
   EXPECT_EQ(optimizer->scalar_state().at("eval_mode"), true);
   optimizer->to_train_params(params);
@@ -537,13 +533,13 @@ TEST(ScheduleFree, CheckpointWrittenInEvalModeResumesBitExactly) {
   copy_state(*original, *restored);
   original->to_train_params(params);
   restored->to_train_params(checkpoint_params);
-  EXPECT_TRUE(bitwise_equal(params, checkpoint_params));
+  EXPECT_TRUE(test::same_bits(params, checkpoint_params));
   for (int64_t t = 7; t <= 12; ++t) {
     auto grads = test::random_normal_vector(size, 40 + t);
     original->step(params, grads, StepInfo{t, 0.01f});
     restored->step(checkpoint_params, grads, StepInfo{t, 0.01f});
   }
-  EXPECT_TRUE(bitwise_equal(params, checkpoint_params));
+  EXPECT_TRUE(test::same_bits(params, checkpoint_params));
   expect_same_state(*original, *restored);
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,9 @@ struct OptimizerVariant {
   std::string label;         // name, or name_<dtype>: for traces and run directories
 };
 std::vector<OptimizerVariant> optimizer_variants();
+
+// Whether a and b hold the same floats bit for bit (-0 ≠ +0, NaNs compared by bits).
+bool same_bits(std::span<const float> a, std::span<const float> b);
 
 // `size` standard normal floats from `seed` (core/rng.hpp): test parameters
 // and gradients.

@@ -41,8 +41,9 @@ void print_plan(const MemoryOptions& options) {
       std::printf("\n%s: the optimizer keeps no m2, so this is stage 0\n", title.c_str());
       continue;
     }
-    std::printf("\n%s%s\n%-44s", title.c_str(), stage == ZeroStage::shard_m2 ? " (m2 sharded, the rest replicated)" : "",
-                "ranks");
+    const char* m2_note = placement == Placement::device ? " (m2 sharded, the rest replicated; CPU backend only so far)"
+                                                         : " (m2 sharded, the rest replicated)";
+    std::printf("\n%s%s\n%-44s", title.c_str(), stage == ZeroStage::shard_m2 ? m2_note : "", "ranks");
     for (int world = 1; world <= options.max_ranks; ++world) std::printf("%8d", world);
     std::printf("\n");
     std::vector<std::vector<MemoryRow>> columns;

@@ -35,10 +35,8 @@ Config resolve_config(const TrainOptions& options, const std::optional<Checkpoin
   return Config::from_json(document);
 }
 
-void train_on_ranks(const TrainOptions& options, Communicator& comm) {
-  std::optional<Checkpoint> checkpoint;
-  if (!options.resume.empty() && options.resume != "latest") checkpoint = Checkpoint::open(options.resume);
-  Config config = resolve_config(options, checkpoint);
+void train_on_ranks(const TrainOptions& options, Config config, std::optional<Checkpoint> checkpoint,
+                    Communicator& comm) {
   if (options.resume == "latest") {
     checkpoint = open_latest_checkpoint(config.checkpoint_dir());
     if (!checkpoint) spdlog::info("no checkpoint in {}: starting a fresh run", config.checkpoint_dir().string());
@@ -63,11 +61,16 @@ void run_training(const TrainOptions& options) {
   if (options.config_path.empty() && (options.resume.empty() || options.resume == "latest")) {
     fail("give --config FILE (and optionally --resume latest), or --resume CHECKPOINT_DIR");
   }
+  // Read before the ranks connect: where the model lives chooses the
+  // communicator (NCCL for GPUs).
+  std::optional<Checkpoint> checkpoint;
+  if (!options.resume.empty() && options.resume != "latest") checkpoint = Checkpoint::open(options.resume);
+  Config config = resolve_config(options, checkpoint);
   // One process per rank under mpirun/srun; a plain launch is one rank.
-  std::unique_ptr<Communicator> comm = make_communicator();
+  std::unique_ptr<Communicator> comm = make_communicator(config.device == "cuda");
   set_log_rank(comm->rank(), comm->world_size());
   try {
-    train_on_ranks(options, *comm);
+    train_on_ranks(options, std::move(config), std::move(checkpoint), *comm);
   } catch (const CollectiveError&) {
     // Every rank is here with its own message: MPI can be finalized as at a
     // normal end, so the job ends with each rank's error printed (by main)

@@ -13,9 +13,21 @@
 // adds the ranks' bf16 values of its chunk in fp32, in rank order, and
 // rounds the sum to the nearest bf16 once. So the bits depend on the world
 // size only, never on NCCL's choice of algorithm, and a run resumes bit-exactly.
+#include <algorithm>
 #include <cstddef>
 
 namespace emix {
+
+// The received chunks of the gradients take at most this much device memory:
+// they travel in segments of gradient_exchange_segment() elements per rank.
+inline constexpr size_t kGradientExchangeBytes = size_t{64} << 20;
+inline size_t gradient_exchange_segment(int world) {
+  return std::max<size_t>(1, kGradientExchangeBytes / 2 / static_cast<size_t>(world));
+}
+// The receive buffer for chunks of `chunk` bf16 values.
+inline size_t gradient_exchange_bytes(size_t chunk, int world) {
+  return 2 * static_cast<size_t>(world) * std::min(chunk, gradient_exchange_segment(world));
+}
 
 class DeviceCollectives {
  public:

@@ -104,7 +104,10 @@ class Mars final : public ElementwiseOptimizer {
     MarsCoefficients c = coefficients(info);
     if (hp_.clip_corrected_gradient) {
       auto* sum_of_squares = device_pass<device::SumOfSquaresFunction>("corrected_sum_of_squares");
-      clip(c, std::sqrt(sum_of_squares(g_prev, step, c.correction, size(), norm_scratch_.as<double>())));
+      // Under ZeRO the ranks' totals are added in rank order (one "block"
+      // each); otherwise this is the total itself.
+      const double shard_total = sum_of_squares(g_prev, step, c.correction, size(), norm_scratch_.as<double>());
+      clip(c, std::sqrt(total_of_blocks(info, std::span<const double>(&shard_total, 1))));
     }
     update_elements_device(step, info, c, info.lr * hp_.weight_decay, {{buffer("m1"), buffer("nu"), g_prev}});
   }

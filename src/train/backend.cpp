@@ -1,6 +1,7 @@
 #include "train/backend.hpp"
 
 #include <map>
+#include <stdexcept>
 #include <omp.h>
 
 #include <fmt/format.h>
@@ -67,8 +68,19 @@ const bool cpu_registered = register_backend("cpu", [](const Config& config) -> 
 }  // namespace
 
 ModelBackend::HostBuffers ModelBackend::padded_host_buffers(size_t) {
-  fail("this backend keeps its gradients in device memory: multi-rank training needs the NCCL communicator, which is "
-       "not available yet; train on one GPU, or with device \"cpu\" under mpirun");
+  throw std::logic_error("padded_host_buffers: this backend keeps its buffers in device memory");
+}
+
+ModelBackend::DeviceBuffers ModelBackend::padded_device_buffers(size_t) {
+  throw std::logic_error("padded_device_buffers: this backend keeps its buffers in host memory");
+}
+
+double ModelBackend::grad_norm_squared(size_t, size_t) {
+  throw std::logic_error("grad_norm_squared: this backend keeps its gradients in host memory");
+}
+
+void ModelBackend::master_changed(int64_t) {
+  throw std::logic_error("master_changed: this backend has no master weights on a device");
 }
 
 bool register_backend(const std::string& device, BackendFactory factory) {

@@ -53,6 +53,24 @@ class ModelBackend {
     std::span<float> gradients;
   };
   virtual HostBuffers padded_host_buffers(size_t padded);
+  // The same for a GPU backend's device buffers (bf16 weights and gradients,
+  // fp32 master weights), with what an optimizer update on them needs.
+  // Host backends throw emix::Error.
+  struct DeviceBuffers {
+    float* master = nullptr;
+    void* params_bf16 = nullptr;
+    void* grads_bf16 = nullptr;
+    uint64_t rounding_seed = 0;  // DeviceStep::rounding_seed
+    void* stream = nullptr;      // cudaStream_t the model runs on
+  };
+  virtual DeviceBuffers padded_device_buffers(size_t padded);
+  // Σ g² over the accumulated gradients [begin, begin + count), on a GPU
+  // backend: grad_norm() is the square root of the whole buffer's.
+  virtual double grad_norm_squared(size_t begin, size_t count);
+  // A GPU backend's master weights were changed on the device (gathered
+  // from the ranks that updated them): the bf16 weights are re-derived as
+  // update `step` rounded them (weights_changed()'s rule).
+  virtual void master_changed(int64_t step);
   // One optimizer update from the accumulated gradients, each multiplied by
   // grad_scale first (clipping).
   virtual void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) = 0;

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <functional>
 
 #include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/text.hpp"
+#include "distributed/device_collectives.hpp"
 #include "optim/grad_clip.hpp"
 
 namespace emix {
@@ -33,12 +36,24 @@ std::unique_ptr<Optimizer> make_optimizer(const Json& section, size_t size, std:
   return spec_of(section).create(hyperparameters_of(section), size, std::move(segments), placement);
 }
 
-void check_placement(int world, const ModelBackend& backend) {
-  if (world > 1 && backend.placement() != Placement::host) {
-    fail("{} ranks on a GPU backend: multi-rank training of GPU buffers needs the NCCL communicator, which is not "
-         "available yet; train on one GPU, or with device \"cpu\" under mpirun",
-         world);
+// Bytes of a bf16 value: the device's weights and gradients.
+constexpr size_t kBf16Bytes = 2;
+
+// The collectives on GPU buffers a run of `backend` uses: null on the host,
+// and on one GPU without NCCL (the backend then does all the work itself).
+DeviceCollectives* device_collectives_for(Communicator& comm, const ModelBackend& backend, ZeroStage stage,
+                                          bool keeps_m2) {
+  if (backend.placement() != Placement::device) return nullptr;
+  DeviceCollectives* collectives = comm.device_collectives();
+  if (collectives == nullptr && comm.world_size() > 1) {
+    fail("{} ranks on GPUs need the NCCL communicator, but this run's is {} (EMIX_COMM forces it: unset it)",
+         comm.world_size(), comm.backend());
   }
+  if (collectives != nullptr && stage == ZeroStage::shard_m2 && keeps_m2) {
+    fail("training.zero_stage \"m2\" runs on the CPU backend only; on GPUs use zero_stage 1, which shards m2 "
+         "together with the rest of the optimizer state");
+  }
+  return collectives;
 }
 
 }  // namespace
@@ -62,7 +77,10 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
   if (placement == Placement::device) {
     rows.push_back({"parameters (bf16)", 2 * n});
     rows.push_back({"gradients (bf16)", 2 * n});
-    rows.push_back({"master weights (fp32)", 4 * (shard_all ? plan.chunk : n)});
+    // Whole on every rank: stage 1 updates a shard and gathers the rest.
+    rows.push_back({"master weights (fp32)", 4 * n});
+    // The ranks' chunks of the gradients as they arrive (DeviceCollectives).
+    if (plan.world > 1) rows.push_back({"gradient exchange (bf16)", gradient_exchange_bytes(plan.chunk, plan.world)});
   } else {
     // Padded to world × chunk at stage 1 (ModelBackend::padded_host_buffers).
     const uint64_t buffer = shard_all ? plan.padded_total() : n;
@@ -81,13 +99,19 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
 
 DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, ZeroStage zero_stage)
     : comm_(comm), backend_(backend), zero_stage_(zero_stage), state_layout_(optimizer_state_layout(optimizer_section)) {
-  check_placement(comm.world_size(), backend);
+  device_collectives_ = device_collectives_for(comm, backend, zero_stage, has_m2(state_layout_));
   const ParameterLayout& layout = backend.layout();
   const size_t total = layout.num_parameters();
-  const bool several = comm.world_size() > 1;
+  // On the host one rank needs no collectives; on a GPU with NCCL they run
+  // even for one rank (EMIX_COMM=nccl), so one GPU tests their code path.
+  const bool several = comm.world_size() > 1 || device_collectives_ != nullptr;
   plan_ = ShardPlan::make(total, comm.world_size(), comm.rank(), kSumOfSquaresBlock);
   sharded_ = zero_stage == ZeroStage::shard_all && several;
-  if (several) host_ = backend.padded_host_buffers(sharded_ ? plan_.padded_total() : total);
+  if (device_collectives_ != nullptr) {
+    device_ = backend.padded_device_buffers(plan_.padded_total());
+  } else if (several) {
+    host_ = backend.padded_host_buffers(sharded_ ? plan_.padded_total() : total);
+  }
   const OptimizerSpec& spec = spec_of(optimizer_section);
   if (has_m2(state_layout_) != (spec.build_m2_sharded != nullptr)) {
     throw std::logic_error("an optimizer keeps an m2 buffer if and only if it can shard it alone");
@@ -109,6 +133,7 @@ DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json
 DataParallel::~DataParallel() = default;
 
 double DataParallel::reduce_gradients() {
+  if (device_collectives_ != nullptr) return reduce_device_gradients();
   if (comm_.world_size() == 1) return backend_.grad_norm();
   if (!sharded_) {
     std::span<float> grads = host_.gradients.first(plan_.total);
@@ -120,6 +145,18 @@ double DataParallel::reduce_gradients() {
   comm_.reduce_scatter_sum(host_.gradients, mine);
   // Over the whole chunk: the zero padding adds exact zeros to the blocks.
   return std::sqrt(sum_blocks_over_shards(block_sums_of_squares(mine)));
+}
+
+// Stage 0 sums the whole buffer (a reduce-scatter then an all-gather, as
+// the host's all_reduce_sum); stage 1 stops after the reduce-scatter, and the
+// norm adds the ranks' sums of squares in rank order.
+double DataParallel::reduce_device_gradients() {
+  device_collectives_->reduce_scatter_sum_bf16(device_.grads_bf16, plan_.chunk, device_.stream);
+  if (!sharded_) {
+    device_collectives_->all_gather(device_.grads_bf16, plan_.chunk * kBf16Bytes, device_.stream);
+    return backend_.grad_norm();
+  }
+  return std::sqrt(comm_.all_reduce_sum(backend_.grad_norm_squared(plan_.begin(), plan_.size())));
 }
 
 double DataParallel::sum_blocks_over_shards(std::span<const double> block_sums) {
@@ -151,6 +188,11 @@ void DataParallel::step(const StepInfo& info, float grad_scale) {
     backend_.step(*optimizer_, info, grad_scale);
     return;
   }
+  if (device_collectives_ != nullptr) {
+    optimizer_->step_device(shard_device_step(grad_scale), shard_step_info(info));
+    gather_device_master(info.step);
+    return;
+  }
   std::span<float> shard_grads = host_.gradients.subspan(plan_.begin(), plan_.size());
   if (grad_scale != 1.0f) scale_in_place(shard_grads, grad_scale);
   optimizer_->step(backend_.weights().subspan(plan_.begin(), plan_.size()), shard_grads, shard_step_info(info));
@@ -177,6 +219,28 @@ void DataParallel::step_m2_sharded(const StepInfo& info, float grad_scale) {
 // In place: every rank's chunk of the weights to every rank.
 void DataParallel::gather_parameters() { comm_.all_gather(my_chunk(host_.weights), host_.weights); }
 
+// This rank's shard of the device buffers, as an optimizer update takes it.
+DeviceStep DataParallel::shard_device_step(float grad_scale) const {
+  const size_t begin = plan_.begin();
+  DeviceStep step;
+  step.master = device_.master + begin;
+  step.grads = static_cast<const std::byte*>(device_.grads_bf16) + begin * kBf16Bytes;
+  step.params_bf16 = static_cast<std::byte*>(device_.params_bf16) + begin * kBf16Bytes;
+  step.grad_scale = grad_scale;
+  step.rounding_seed = device_.rounding_seed;
+  step.element_offset = begin;
+  step.stream = device_.stream;
+  return step;
+}
+
+// The fp32 master weights travel (not the bf16 weights): every rank keeps
+// all of them, so checkpoints and evaluations read them as on one GPU, and
+// re-derives the bf16 weights with the rounding the owner's update used.
+void DataParallel::gather_device_master(int64_t step) {
+  device_collectives_->all_gather(device_.master, plan_.chunk * sizeof(float), device_.stream);
+  backend_.master_changed(step);
+}
+
 std::span<float> DataParallel::my_chunk(std::span<float> padded) const {
   return padded.subspan(static_cast<size_t>(plan_.rank) * plan_.chunk, plan_.chunk);
 }
@@ -184,6 +248,10 @@ std::span<float> DataParallel::my_chunk(std::span<float> padded) const {
 void DataParallel::to_eval_params() {
   if (!sharded_) {
     backend_.to_eval_params(*optimizer_);
+    return;
+  }
+  if (device_collectives_ != nullptr) {
+    convert_device_shard([this](const DeviceStep& shard) { optimizer_->to_eval_params_device(shard); });
     return;
   }
   optimizer_->to_eval_params(backend_.weights().subspan(plan_.begin(), plan_.size()));
@@ -195,8 +263,22 @@ void DataParallel::to_train_params() {
     backend_.to_train_params(*optimizer_);
     return;
   }
+  if (device_collectives_ != nullptr) {
+    convert_device_shard([this](const DeviceStep& shard) { optimizer_->to_train_params_device(shard); });
+    return;
+  }
   optimizer_->to_train_params(backend_.weights().subspan(plan_.begin(), plan_.size()));
   gather_parameters();
+}
+
+// Whether the optimizer converts (it may already be at that point) shows in
+// the shard's weights only: so the owners' master and bf16 weights both
+// travel, unchanged if it did not.
+void DataParallel::convert_device_shard(const std::function<void(const DeviceStep&)>& convert) {
+  if (!optimizer_->has_eval_params()) return;
+  convert(shard_device_step(1.0f));
+  device_collectives_->all_gather(device_.master, plan_.chunk * sizeof(float), device_.stream);
+  device_collectives_->all_gather(device_.params_bf16, plan_.chunk * kBf16Bytes, device_.stream);
 }
 
 bool DataParallel::holds_shard_of(const StateBuffer& buffer) const {
@@ -265,7 +347,12 @@ uint64_t DataParallel::bytes_sent_per_step() const {
   if (world == 1) return 0;
   // A reduce-scatter then an all-gather (also how all_reduce_sum works):
   // each rank sends all but its own chunk, twice. The m2 broadcasts move as
-  // much as one more all-gather (how MPI routes them varies).
+  // much as one more all-gather (how MPI routes them varies). On GPUs the
+  // gradients are bf16, and stage 1 gathers the fp32 master weights.
+  if (device_collectives_ != nullptr) {
+    const uint64_t gathered = sharded_ ? sizeof(float) : kBf16Bytes;
+    return plan_.chunk * (kBf16Bytes + gathered) * (world - 1);
+  }
   const uint64_t chunk = sharded_ ? plan_.chunk : Communicator::chunk_size(plan_.total, comm_.world_size());
   const uint64_t m2_chunk = m2_sharded_ != nullptr ? plan_.chunk : 0;
   return ((2 * chunk + m2_chunk) * (world - 1)) * sizeof(float);

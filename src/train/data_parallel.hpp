@@ -23,9 +23,14 @@
 //
 // With one rank all three are the single-process run, and the backend does the
 // work itself (any backend, the GPU included). With several ranks the
-// backend's weights and gradients must be in host memory (the CPU backend;
-// the NCCL path for GPU buffers is not built yet), and the collectives work
-// on them in place, padded to world × chunk (padded_host_buffers).
+// collectives work on the backend's buffers in place, padded to
+// world × chunk: in host memory (padded_host_buffers) through any
+// communicator, or on GPUs (padded_device_buffers) through NCCL's
+// DeviceCollectives, which also run with one rank when the communicator is
+// NCCL (EMIX_COMM=nccl). On GPUs the bf16 gradients are exchanged, stage 1
+// updates the shard of the fp32 master weights and the state and gathers
+// the master weights (every rank keeps all of them; the bf16 weights are
+// re-derived with the owner's rounding), and stage m2 is refused.
 //
 // Numbers: the gradient norm is the single-process one bit for bit (the
 // shards are aligned to its summation blocks and their block sums are added
@@ -35,6 +40,7 @@
 // micro-batches accumulate in place, across ranks in rank order), which
 // changes the last bits: see docs/distributed.md.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -110,6 +116,10 @@ class DataParallel {
  private:
   void step_m2_sharded(const StepInfo& info, float grad_scale);
   void gather_parameters();
+  double reduce_device_gradients();
+  DeviceStep shard_device_step(float grad_scale) const;
+  void gather_device_master(int64_t step);
+  void convert_device_shard(const std::function<void(const DeviceStep&)>& convert);
   // Chunk rank() of a buffer padded to world × chunk.
   std::span<float> my_chunk(std::span<float> padded) const;
   // Whether this rank holds `buffer` for its shard only.
@@ -128,6 +138,10 @@ class DataParallel {
   // Several ranks only: the backend's weights and gradients, padded to
   // world × chunk at stage 1, which the collectives work on in place.
   ModelBackend::HostBuffers host_;
+  // GPU buffers through NCCL (any number of ranks): the collectives, and the
+  // backend's buffers padded to world × chunk.
+  DeviceCollectives* device_collectives_ = nullptr;
+  ModelBackend::DeviceBuffers device_;
   // Stage m2 with several ranks: the optimizer, and one shard's new m2.
   M2ShardedOptimizer* m2_sharded_ = nullptr;
   std::vector<float> m2_values_;

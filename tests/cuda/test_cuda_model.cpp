@@ -232,10 +232,6 @@ TEST(CudaModel, FollowsTheCpuLossCurveFor50Steps) {
   }
 }
 
-bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size_bytes()) == 0;
-}
-
 // Every optimizer with our reference attention; cuDNN's attention with its
 // deterministic backward (cuda.deterministic) with two of them, the
 // attention's determinism not depending on the optimizer (and each new run
@@ -267,7 +263,7 @@ TEST(CudaModel, ResumesBitExactlyAndIsDeterministic) {
       Config again_config = Config::from_json(tiny_cuda_config(dir, name, run + "_again", "cuda", attention));
       Trainer again(again_config);
       ASSERT_TRUE(again.run());
-      EXPECT_TRUE(bitwise_equal(again.backend().weights(), straight->backend().weights())) << "two runs differ";
+      EXPECT_TRUE(test::same_bits(again.backend().weights(), straight->backend().weights())) << "two runs differ";
 
       const test::ResumedRun resumed = test::run_stopped_and_resumed(
           Config::from_json(tiny_cuda_config(dir, name, run + "_resumed", "cuda", attention)), /*stop_at_step=*/7);
@@ -277,7 +273,7 @@ TEST(CudaModel, ResumesBitExactlyAndIsDeterministic) {
         EXPECT_EQ(std::memcmp(&records[i].loss, &straight->history()[i].loss, sizeof(float)), 0) << "step " << i + 1;
         EXPECT_EQ(records[i].grad_norm, straight->history()[i].grad_norm) << "step " << i + 1;
       }
-      EXPECT_TRUE(bitwise_equal(resumed.trainer->backend().weights(), straight->backend().weights()));
+      EXPECT_TRUE(test::same_bits(resumed.trainer->backend().weights(), straight->backend().weights()));
     }
   }
 }

@@ -30,7 +30,8 @@ file(GLOB_RECURSE EMIX_CUDA_SOURCES CONFIGURE_DEPENDS
   "${CMAKE_CURRENT_SOURCE_DIR}/src/model/cuda/*.cpp"
   "${CMAKE_CURRENT_SOURCE_DIR}/src/optim/cuda/*.cu"
   "${CMAKE_CURRENT_SOURCE_DIR}/src/optim/cuda/*.cpp"
-  "${CMAKE_CURRENT_SOURCE_DIR}/src/train/cuda/*.cpp")
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/train/cuda/*.cpp"
+  "${CMAKE_CURRENT_SOURCE_DIR}/src/distributed/cuda/*.cpp")
 # OBJECT, like emix_core: optimizers register their device updates through
 # static initializers, which a static archive would drop.
 add_library(emix_cuda OBJECT ${EMIX_CUDA_SOURCES})

@@ -187,6 +187,31 @@ Gpt2Cuda::~Gpt2Cuda() {
   cudaStreamDestroy(stream_);
 }
 
+namespace {
+
+// `buffer` (of `count` elements) reallocated to `padded` elements, zeros after the first `count`.
+template <typename T>
+void pad_device_buffer(T*& buffer, size_t count, size_t padded, cudaStream_t stream) {
+  T* larger = device_alloc<T>(padded);
+  EMIX_CUDA_CHECK(cudaMemcpyAsync(larger, buffer, count * sizeof(T), cudaMemcpyDeviceToDevice, stream));
+  EMIX_CUDA_CHECK(cudaMemsetAsync(larger + count, 0, (padded - count) * sizeof(T), stream));
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
+  EMIX_CUDA_CHECK(cudaFree(buffer));
+  buffer = larger;
+}
+
+}  // namespace
+
+void Gpt2Cuda::pad_buffers(size_t padded) {
+  const size_t P = layout_.num_parameters();
+  if (padded < P) fail("pad_buffers: {} elements for {} parameters", padded, P);
+  if (padded == padded_size_) return;
+  pad_device_buffer(master_, P, padded, stream_);
+  pad_device_buffer(params_, P, padded, stream_);
+  pad_device_buffer(grads_, P, padded, stream_);
+  padded_size_ = padded;
+}
+
 void Gpt2Cuda::init_weights(uint64_t seed) {
   std::vector<float> host(layout_.num_parameters());
   init_gpt2_weights(host, config_, layout_, seed);
@@ -346,14 +371,18 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
   EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
-double Gpt2Cuda::grad_norm() {
+double Gpt2Cuda::grad_norm() { return std::sqrt(grad_norm_squared(0, layout_.num_parameters())); }
+
+double Gpt2Cuda::grad_norm_squared(size_t begin, size_t count) {
   Activations& a = *acts_;
   if (a.norm_squared == nullptr) fail("grad_norm before any forward_backward");
-  global_norm_squared(a.norm_squared, grads_, layout_.num_parameters(), a.reduce_scratch, /*accumulate=*/false, stream_);
+  if (begin + count > layout_.num_parameters()) fail("grad_norm_squared: [{}, {}) is past the parameters", begin, begin + count);
+  if (count == 0) return 0.0;
+  global_norm_squared(a.norm_squared, grads_ + begin, count, a.reduce_scratch, /*accumulate=*/false, stream_);
   float squared = 0.0f;
   EMIX_CUDA_CHECK(cudaMemcpyAsync(&squared, a.norm_squared, sizeof squared, cudaMemcpyDeviceToHost, stream_));
   EMIX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return std::sqrt(static_cast<double>(squared));
+  return static_cast<double>(squared);
 }
 
 void Gpt2Cuda::enable_kernel_profile(bool on) { acts_->profile.enable(on); }

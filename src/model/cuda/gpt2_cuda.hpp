@@ -56,10 +56,14 @@ class Gpt2Cuda {
   size_t num_parameters() const { return layout_.num_parameters(); }
   cudaStream_t stream() const { return stream_; }
 
-  // Device buffers of num_parameters() elements.
+  // Device buffers of num_parameters() elements (more after pad_buffers).
   float* master() { return master_; }
   bf16* params() { return params_; }
   bf16* grads() { return grads_; }
+  // Extends the three buffers above with zeros to `padded` elements, so that
+  // collectives over world × chunk elements work on them in place (ZeRO's
+  // padding; train/data_parallel.cpp). Pointers taken before are invalid.
+  void pad_buffers(size_t padded);
 
   // The CPU backend's initialization (init_gpt2_weights), uploaded.
   void init_weights(uint64_t seed);
@@ -84,6 +88,9 @@ class Gpt2Cuda {
   float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T);
   // ‖grads‖₂ over every parameter, in fp32 (deterministic).
   double grad_norm();
+  // Σ g² over grads[begin, begin + count), in fp32 (deterministic); grad_norm()
+  // is the square root of the whole buffer's.
+  double grad_norm_squared(size_t begin, size_t count);
 
   // Timing of the kernel groups (matmul, attention, LayerNorm, ...) for
   // benchmarks: when enabled, kernel_times() returns the milliseconds of each
@@ -109,6 +116,7 @@ class Gpt2Cuda {
   float* master_ = nullptr;
   bf16* params_ = nullptr;
   bf16* grads_ = nullptr;
+  size_t padded_size_ = 0;  // of the three buffers above, after pad_buffers
   std::unique_ptr<Activations> acts_;
 };
 

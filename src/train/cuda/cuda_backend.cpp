@@ -64,6 +64,12 @@ class CudaBackend final : public ModelBackend {
     return model_.forward(inputs, targets, B, T);
   }
   double grad_norm() override { return model_.grad_norm(); }
+  double grad_norm_squared(size_t begin, size_t count) override { return model_.grad_norm_squared(begin, count); }
+  DeviceBuffers padded_device_buffers(size_t padded) override {
+    model_.pad_buffers(padded);
+    return {model_.master(), model_.params(), model_.grads(), rounding_seed_, model_.stream()};
+  }
+  void master_changed(int64_t step) override { rederive_bf16_weights(step); }
 
   void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) override {
     optimizer.step_device(device_step(grad_scale), info);
@@ -75,7 +81,7 @@ class CudaBackend final : public ModelBackend {
   }
   void weights_changed(int64_t step) override {
     model_.set_weights(host_weights_);
-    if (step > 0) model_.round_weights_stochastically(rounding_seed_, static_cast<uint64_t>(step));
+    rederive_bf16_weights(step);
   }
   void pull_optimizer_state(Optimizer& optimizer) override { optimizer.copy_state_to_host(); }
   void push_optimizer_state(Optimizer& optimizer) override { optimizer.copy_state_to_device(); }
@@ -93,6 +99,16 @@ class CudaBackend final : public ModelBackend {
     size_t total = 0;
     for (const cuda::MemoryItem& item : model_.memory_table(B, T)) total += item.bytes;
     return total;
+  }
+
+  // After update `step` the bf16 weights are master rounded stochastically
+  // as that update rounded them; before any (step 0), to nearest.
+  void rederive_bf16_weights(int64_t step) {
+    if (step > 0) {
+      model_.round_weights_stochastically(rounding_seed_, static_cast<uint64_t>(step));
+    } else {
+      model_.refresh_bf16_weights();
+    }
   }
 
   static void require_device() {

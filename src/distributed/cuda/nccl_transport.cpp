@@ -1,0 +1,376 @@
+// The NCCL backend (communicator.hpp): a Transport whose host byte
+// movements are staged through device memory, so TransportCommunicator's
+// sums and checks work unchanged, and the DeviceCollectives that data
+// parallelism uses on the GPU buffers.
+//
+// libnccl.so.2 is loaded with dlopen (as libmpi is: the binary must start
+// where NCCL is missing, and a single-GPU run never needs it); nccl.h from
+// the CUDA toolkit gives the types and signatures only.
+//
+// One GPU per rank: the rank's local rank selects it, unless the node shows
+// one GPU only (a launcher that sets CUDA_VISIBLE_DEVICES per rank).
+//
+// No wait is unbounded. NCCL has no timeouts of its own: a rank that dies
+// leaves the others blocked inside a collective. So every call here runs on
+// this transport's stream and returns only once it has completed, polling
+// the stream and ncclCommGetAsyncError, and aborting the communicator after
+// EMIX_NCCL_TIMEOUT seconds (default 900, which must cover the longest
+// pause of one rank: rank 0 writing a checkpoint); ncclCommInitRank, which
+// cannot be polled, runs under a watchdog with the rendezvous' timeout.
+// Waiting for each collective costs little: what follows it (the norm, the
+// update, the next forward) needs its result.
+#include <dlfcn.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "distributed/communicator.hpp"
+#include "distributed/device_collectives.hpp"
+#include "distributed/process_identity.hpp"
+#include "distributed/rendezvous.hpp"
+#include "distributed/transport.hpp"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/growing_buffer.cuh"
+#include "kernels/cuda/sum_chunks.cuh"
+
+namespace emix {
+namespace {
+
+using cuda::bf16;
+
+// The NCCL functions used, with nccl.h's signatures.
+struct NcclApi {
+  decltype(&ncclGetVersion) GetVersion;
+  decltype(&ncclGetUniqueId) GetUniqueId;
+  decltype(&ncclCommInitRank) CommInitRank;
+  decltype(&ncclCommDestroy) CommDestroy;
+  decltype(&ncclCommAbort) CommAbort;
+  decltype(&ncclCommGetAsyncError) CommGetAsyncError;
+  decltype(&ncclGetErrorString) GetErrorString;
+  decltype(&ncclGetLastError) GetLastError;
+  decltype(&ncclAllGather) AllGather;
+  decltype(&ncclBroadcast) Broadcast;
+  decltype(&ncclSend) Send;
+  decltype(&ncclRecv) Recv;
+  decltype(&ncclGroupStart) GroupStart;
+  decltype(&ncclGroupEnd) GroupEnd;
+};
+
+const NcclApi& load_nccl() {
+  static const NcclApi api = [] {
+    const char* override_path = std::getenv("EMIX_LIBNCCL");
+    const std::string path = override_path != nullptr && *override_path != '\0' ? override_path : "libnccl.so.2";
+    void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (library == nullptr) {
+      const char* why = dlerror();
+      fail("the NCCL backend (GPU runs on several ranks) needs NCCL's {} but it cannot be loaded ({}); install NCCL "
+           "(NVIDIA's libnccl2 package, or pip's nvidia-nccl-cu13) or set EMIX_LIBNCCL to the library's path",
+           path, why != nullptr ? why : "unknown error");
+    }
+    NcclApi loaded{};
+    auto resolve = [&](auto& slot, const char* name) {
+      void* symbol = dlsym(library, name);
+      if (symbol == nullptr) fail("{}: symbol {} not found: is this NCCL 2.x?", path, name);
+      slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(symbol);
+    };
+    resolve(loaded.GetVersion, "ncclGetVersion");
+    resolve(loaded.GetUniqueId, "ncclGetUniqueId");
+    resolve(loaded.CommInitRank, "ncclCommInitRank");
+    resolve(loaded.CommDestroy, "ncclCommDestroy");
+    resolve(loaded.CommAbort, "ncclCommAbort");
+    resolve(loaded.CommGetAsyncError, "ncclCommGetAsyncError");
+    resolve(loaded.GetErrorString, "ncclGetErrorString");
+    resolve(loaded.GetLastError, "ncclGetLastError");
+    resolve(loaded.AllGather, "ncclAllGather");
+    resolve(loaded.Broadcast, "ncclBroadcast");
+    resolve(loaded.Send, "ncclSend");
+    resolve(loaded.Recv, "ncclRecv");
+    resolve(loaded.GroupStart, "ncclGroupStart");
+    resolve(loaded.GroupEnd, "ncclGroupEnd");
+    return loaded;
+  }();
+  return api;
+}
+
+std::chrono::seconds collective_timeout_from_environment() {
+  const char* value = std::getenv("EMIX_NCCL_TIMEOUT");
+  if (value == nullptr || *value == '\0') return std::chrono::seconds(900);
+  char* end = nullptr;
+  const long long seconds = std::strtoll(value, &end, 10);
+  if (end == value || *end != '\0' || seconds < 1) fail("EMIX_NCCL_TIMEOUT={} is not a number of seconds >= 1", value);
+  return std::chrono::seconds(seconds);
+}
+
+// Ends the process with `message` unless destroyed within `timeout`: for a
+// call that blocks without a timeout of its own.
+class Watchdog {
+ public:
+  Watchdog(std::chrono::milliseconds timeout, std::string message)
+      : thread_([this, timeout, message = std::move(message)] {
+          std::unique_lock lock(mutex_);
+          if (!done_changed_.wait_for(lock, timeout, [this] { return done_; })) {
+            std::fprintf(stderr, "emix: %s\n", message.c_str());
+            std::fflush(stderr);
+            std::_Exit(1);
+          }
+        }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    done_changed_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_changed_;
+  bool done_ = false;
+  std::thread thread_;  // last: it starts once the members above exist
+};
+
+// The rank's GPU: its local rank, or the only one the node shows.
+void select_device(int local_rank) {
+  int count = 0;
+  EMIX_CUDA_CHECK(cudaGetDeviceCount(&count));
+  const int device = count == 1 ? 0 : local_rank;
+  if (device >= count) {
+    fail("local rank {} on a node that shows {} GPUs: start one rank per GPU on each node", local_rank, count);
+  }
+  EMIX_CUDA_CHECK(cudaSetDevice(device));
+}
+
+class NcclTransport final : public Transport, public DeviceCollectives {
+ public:
+  explicit NcclTransport(const ProcessIdentity& identity)
+      : api_(load_nccl()),
+        rank_(identity.rank),
+        world_(identity.world_size),
+        local_rank_(identity.local_rank),
+        timeout_(collective_timeout_from_environment()) {
+    select_device(local_rank_);
+    EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    EMIX_CUDA_CHECK(cudaEventCreateWithFlags(&caller_ready_, cudaEventDisableTiming));
+    const RendezvousOptions options = rendezvous_options_from_environment();
+    const ncclUniqueId id = exchange_unique_id(identity, options);
+    const Watchdog watchdog(options.timeout,
+                            fmt::format("rank {} of {}: NCCL's initialization (ncclCommInitRank) did not complete within "
+                                        "{} s: a rank did not start or cannot reach the others (EMIX_RENDEZVOUS_TIMEOUT "
+                                        "sets the limit)",
+                                        rank_, world_, std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count()));
+    check(api_.CommInitRank(&comm_, world_, id, rank_), "ncclCommInitRank");
+  }
+
+  // Destroyed while an exception unwinds the stack (this rank leaves the
+  // collectives): the communicator is aborted rather than destroyed, which
+  // would wait for work the other ranks will never match; an MPI bootstrap
+  // then aborts the job (MpiTransport's destructor).
+  ~NcclTransport() override {
+    if (comm_ != nullptr) {
+      if (std::uncaught_exceptions() > 0) {
+        api_.CommAbort(comm_);
+      } else {
+        api_.CommDestroy(comm_);
+      }
+    }
+    cudaEventDestroy(caller_ready_);
+    cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  int local_rank() const override { return local_rank_; }
+  std::string name() const override { return "nccl"; }
+  DeviceCollectives* device_collectives() override { return this; }
+
+  void all_to_all(const std::byte* send, std::byte* recv, size_t bytes) override {
+    const size_t total = bytes * static_cast<size_t>(world_);
+    std::byte* staged_send = staging_.get(2 * total, stream_);
+    std::byte* staged_recv = staged_send + total;
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged_send, send, total, cudaMemcpyHostToDevice, stream_));
+    exchange_blocks(staged_send, bytes, staged_recv, bytes);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv, staged_recv, total, cudaMemcpyDeviceToHost, stream_));
+    wait("an all-to-all");
+  }
+
+  void all_gather(const std::byte* send, std::byte* recv, size_t bytes) override {
+    const size_t total = bytes * static_cast<size_t>(world_);
+    std::byte* staged = staging_.get(total, stream_);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged + rank_ * bytes, send, bytes, cudaMemcpyHostToDevice, stream_));
+    gather_in_place(staged, bytes);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv, staged, total, cudaMemcpyDeviceToHost, stream_));
+    wait("an all-gather");
+  }
+
+  void broadcast(std::byte* data, size_t bytes, int root) override {
+    std::byte* staged = staging_.get(bytes, stream_);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged, data, bytes, cudaMemcpyHostToDevice, stream_));
+    check(api_.Broadcast(staged, staged, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(data, staged, bytes, cudaMemcpyDeviceToHost, stream_));
+    wait("a broadcast");
+  }
+
+  void barrier() override {
+    std::vector<std::byte> flags(static_cast<size_t>(world_));
+    const std::byte mine{1};
+    all_gather(&mine, flags.data(), 1);
+  }
+
+  [[noreturn]] void abort(int code) override {
+    if (comm_ != nullptr) api_.CommAbort(comm_);
+    comm_ = nullptr;
+    if (bootstrap_) bootstrap_->abort(code);
+    std::_Exit(code);
+  }
+
+  // The chunks travel in segments, so the received values take at most
+  // kGradientExchangeBytes of device memory whatever the model's size.
+  void reduce_scatter_sum_bf16(void* padded, size_t chunk, void* caller_stream) override {
+    follow(caller_stream);
+    auto* values = static_cast<bf16*>(padded);
+    const size_t segment = gradient_exchange_segment(world_);
+    bf16* received = exchange_.get(static_cast<size_t>(world_) * std::min(segment, chunk), stream_);
+    for (size_t begin = 0; begin < chunk; begin += segment) {
+      const size_t length = std::min(segment, chunk - begin);
+      // Chunk r's segment goes to rank r (this rank's own is copied before
+      // the sum overwrites it: one stream orders them).
+      exchange_blocks(reinterpret_cast<const std::byte*>(values + begin), chunk * sizeof(bf16),
+                      reinterpret_cast<std::byte*>(received), length * sizeof(bf16));
+      cuda::sum_bf16_chunks(values + static_cast<size_t>(rank_) * chunk + begin, received, world_, length, stream_);
+    }
+    wait("the gradients' reduce-scatter");
+  }
+
+  void all_gather(void* padded, size_t chunk_bytes, void* caller_stream) override {
+    follow(caller_stream);
+    gather_in_place(static_cast<std::byte*>(padded), chunk_bytes);
+    wait("an all-gather of device buffers");
+  }
+
+ private:
+  // Rank 0's id to every rank: over MPI under an MPI launcher (kept as the
+  // bootstrap, which mpirun expects to be finalized at the end), else over
+  // the rendezvous (TCP or a shared file).
+  ncclUniqueId exchange_unique_id(const ProcessIdentity& identity, const RendezvousOptions& options) {
+    ncclUniqueId id{};
+    if (rank_ == 0) check(api_.GetUniqueId(&id), "ncclGetUniqueId");
+    if (world_ == 1) return id;
+    std::span<std::byte> bytes = std::as_writable_bytes(std::span<ncclUniqueId>(&id, 1));
+    if (identity.mpi_launcher) {
+      bootstrap_ = make_mpi_transport();
+      bootstrap_->broadcast(bytes.data(), bytes.size(), 0);
+      return id;
+    }
+    const std::vector<std::byte> blob = rendezvous_broadcast(identity, bytes, options);
+    if (blob.size() != bytes.size()) fail("rendezvous: NCCL's id arrived with {} bytes, not {}", blob.size(), bytes.size());
+    std::memcpy(&id, blob.data(), sizeof id);
+    return id;
+  }
+
+  // Block r of send (blocks `send_stride` bytes apart) to rank r, and rank
+  // r's block into block r of recv (`bytes` apart); this rank's own block by
+  // a device copy. Queued on stream_.
+  void exchange_blocks(const std::byte* send, size_t send_stride, std::byte* recv, size_t bytes) {
+    check(api_.GroupStart(), "ncclGroupStart");
+    for (int r = 0; r < world_; ++r) {
+      if (r == rank_) continue;
+      check(api_.Send(send + r * send_stride, bytes, ncclUint8, r, comm_, stream_), "ncclSend");
+      check(api_.Recv(recv + r * bytes, bytes, ncclUint8, r, comm_, stream_), "ncclRecv");
+    }
+    check(api_.GroupEnd(), "ncclGroupEnd");
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv + rank_ * bytes, send + rank_ * send_stride, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+
+  // base holds world × bytes; every rank's block rank() to every rank.
+  void gather_in_place(std::byte* base, size_t bytes) {
+    check(api_.AllGather(base + rank_ * bytes, base, bytes, ncclUint8, comm_, stream_), "ncclAllGather");
+  }
+
+  // stream_ starts after the work queued so far on the caller's stream.
+  void follow(void* caller_stream) {
+    auto* caller = static_cast<cudaStream_t>(caller_stream);
+    EMIX_CUDA_CHECK(cudaEventRecord(caller_ready_, caller));
+    EMIX_CUDA_CHECK(cudaStreamWaitEvent(stream_, caller_ready_, 0));
+  }
+
+  // Until stream_ has completed: see the header comment.
+  void wait(const char* what) {
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point start = Clock::now();
+    for (;;) {
+      const cudaError_t status = cudaStreamQuery(stream_);
+      if (status == cudaSuccess) return;
+      if (status != cudaErrorNotReady) EMIX_CUDA_CHECK(status);
+      ncclResult_t async = ncclSuccess;
+      check(api_.CommGetAsyncError(comm_, &async), "ncclCommGetAsyncError");
+      if (async != ncclSuccess && async != ncclInProgress) {
+        abort_and_fail("{} failed: {}", what, api_.GetErrorString(async));
+      }
+      const Clock::duration waited = Clock::now() - start;
+      if (waited > timeout_) {
+        abort_and_fail("{} did not complete within {} s: another rank stopped or hangs (EMIX_NCCL_TIMEOUT sets the limit)",
+                       what, timeout_.count());
+      }
+      // Spin for the first millisecond (most collectives end sooner), then poll gently.
+      if (waited < std::chrono::milliseconds(1)) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    }
+  }
+
+  template <typename... Args>
+  [[noreturn]] void abort_and_fail(fmt::format_string<Args...> format, Args&&... args) {
+    api_.CommAbort(comm_);
+    comm_ = nullptr;
+    fail("rank {} of {}: NCCL: {}", rank_, world_, fmt::format(format, std::forward<Args>(args)...));
+  }
+
+  void check(ncclResult_t result, const char* what) const {
+    if (result == ncclSuccess) return;
+    const char* detail = comm_ != nullptr ? api_.GetLastError(comm_) : nullptr;
+    fail("rank {} of {}: {} failed: {}{}{}", rank_, world_, what, api_.GetErrorString(result),
+         detail != nullptr && *detail != '\0' ? ": " : "", detail != nullptr ? detail : "");
+  }
+
+  const NcclApi& api_;
+  int rank_;
+  int world_;
+  int local_rank_;
+  std::chrono::seconds timeout_;
+  std::unique_ptr<Transport> bootstrap_;  // MPI, under an MPI launcher
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t caller_ready_ = nullptr;
+  cuda::GrowingBuffer<std::byte> staging_;  // host bytes on their way
+  cuda::GrowingBuffer<bf16> exchange_;      // gradient segments received
+};
+
+std::unique_ptr<Communicator> make_nccl_communicator(const ProcessIdentity& identity) {
+  return make_transport_communicator(std::make_unique<NcclTransport>(identity));
+}
+
+const bool nccl_registered = register_nccl_communicator(&make_nccl_communicator);
+
+}  // namespace
+}  // namespace emix
