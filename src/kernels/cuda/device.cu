@@ -2,6 +2,9 @@
 
 #include <cuda_runtime.h>
 
+#include "core/error.hpp"
+#include "kernels/cuda/common.cuh"
+
 namespace emix::cuda {
 
 std::vector<DeviceInfo> list_devices(std::string* why_none) {
@@ -19,6 +22,15 @@ std::vector<DeviceInfo> list_devices(std::string* why_none) {
   }
   if (devices.empty() && why_none != nullptr) *why_none = "no CUDA device is visible";
   return devices;
+}
+
+DeviceInfo current_device() {
+  int index = 0;
+  EMIX_CUDA_CHECK(cudaGetDevice(&index));
+  for (const DeviceInfo& device : list_devices()) {
+    if (device.index == index) return device;
+  }
+  fail("CUDA device {} is current but not listed", index);
 }
 
 double dense_bf16_peak_flops(const std::string& device_name) {

@@ -18,6 +18,9 @@ struct DeviceInfo {
 // Every visible device; empty (never throws) when there is no driver or GPU,
 // with the runtime's reason in `why_none`.
 std::vector<DeviceInfo> list_devices(std::string* why_none = nullptr);
+// The device this thread uses (cudaSetDevice: a rank's GPU under NCCL).
+// Throws emix::Error where there is none.
+DeviceInfo current_device();
 
 // The dense (not sparse) bf16 tensor-core peak in FLOP/s of a device, from
 // the vendors' datasheets, matched by name (the runtime reports no such

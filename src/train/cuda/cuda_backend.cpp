@@ -22,7 +22,7 @@ class CudaBackend final : public ModelBackend {
   explicit CudaBackend(const Config& config)
       : model_((require_device(), config.model), gpt2_cuda_options(config.cuda)),
         rounding_seed_(config.training.seed),
-        peak_flops_(cuda::dense_bf16_peak_flops(cuda::list_devices().at(0).name)),
+        peak_flops_(cuda::dense_bf16_peak_flops(cuda::current_device().name)),
         host_weights_(model_.num_parameters()) {}
 
   const ParameterLayout& layout() const override { return model_.layout(); }
@@ -30,8 +30,7 @@ class CudaBackend final : public ModelBackend {
   double peak_flops() const override { return peak_flops_; }
 
   std::vector<std::string> describe(int B, int T, size_t state_bytes) const override {
-    std::string why;
-    const cuda::DeviceInfo device = cuda::list_devices(&why).at(0);
+    const cuda::DeviceInfo device = cuda::current_device();
     std::vector<std::string> lines = {fmt::format("device: {} ({} SMs, {} of memory)", device.name, device.multiprocessors,
                                                   format_bytes(static_cast<double>(device.total_memory_bytes)))};
     const size_t total = table_total(B, T);
