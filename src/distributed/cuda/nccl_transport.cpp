@@ -15,10 +15,14 @@
 // this transport's stream and returns only once it has completed, polling
 // the stream and ncclCommGetAsyncError, and aborting the communicator after
 // EMIX_NCCL_TIMEOUT seconds (default 900, which must cover the longest
-// pause of one rank: rank 0 writing a checkpoint); ncclCommInitRank, which
-// cannot be polled, runs under a watchdog with the rendezvous' timeout.
-// Waiting for each collective costs little: what follows it (the norm, the
-// update, the next forward) needs its result.
+// pause of one rank: rank 0 writing a checkpoint). Host memory is staged in
+// pinned buffers, because a device-to-host copy into pageable memory blocks
+// the calling thread until the work before it is done, where no timeout
+// applies. ncclCommInitRank, which cannot be polled, runs under a watchdog
+// with the rendezvous' timeout, together with a first all-gather and
+// all-to-all: NCCL connects peers when they are first used, in host calls
+// that block. Waiting for each collective costs little: what follows it
+// (the norm, the update, the next forward) needs its result.
 #include <dlfcn.h>
 #include <nccl.h>
 
@@ -167,17 +171,25 @@ class NcclTransport final : public Transport, public DeviceCollectives {
         world_(identity.world_size),
         local_rank_(identity.local_rank),
         timeout_(collective_timeout_from_environment()) {
+    require_blocking_communicators();
     select_device(local_rank_);
-    EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    EMIX_CUDA_CHECK(cudaEventCreateWithFlags(&caller_ready_, cudaEventDisableTiming));
-    const RendezvousOptions options = rendezvous_options_from_environment();
-    const ncclUniqueId id = exchange_unique_id(identity, options);
-    const Watchdog watchdog(options.timeout,
-                            fmt::format("rank {} of {}: NCCL's initialization (ncclCommInitRank) did not complete within "
-                                        "{} s: a rank did not start or cannot reach the others (EMIX_RENDEZVOUS_TIMEOUT "
-                                        "sets the limit)",
-                                        rank_, world_, std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count()));
-    check(api_.CommInitRank(&comm_, world_, id, rank_), "ncclCommInitRank");
+    try {
+      EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      EMIX_CUDA_CHECK(cudaEventCreateWithFlags(&caller_ready_, cudaEventDisableTiming));
+      const RendezvousOptions options = rendezvous_options_from_environment();
+      const ncclUniqueId id = exchange_unique_id(identity, options);
+      const Watchdog watchdog(options.timeout,
+                              fmt::format("rank {} of {}: NCCL's initialization did not complete within {} s: a rank "
+                                          "did not start or cannot reach the others (EMIX_RENDEZVOUS_TIMEOUT sets the "
+                                          "limit)",
+                                          rank_, world_,
+                                          std::chrono::duration_cast<std::chrono::seconds>(options.timeout).count()));
+      check(api_.CommInitRank(&comm_, world_, id, rank_), "ncclCommInitRank");
+      connect_peers();
+    } catch (...) {
+      release_cuda_objects();
+      throw;
+    }
   }
 
   // Destroyed while an exception unwinds the stack (this rank leaves the
@@ -192,8 +204,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
         api_.CommDestroy(comm_);
       }
     }
-    cudaEventDestroy(caller_ready_);
-    cudaStreamDestroy(stream_);
+    release_cuda_objects();
   }
 
   int rank() const override { return rank_; }
@@ -202,31 +213,33 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   std::string name() const override { return "nccl"; }
   DeviceCollectives* device_collectives() override { return this; }
 
+  // Host bytes go: caller → pinned → device, and back the same way once
+  // the stream is done (the caller's memory is written only after wait()).
   void all_to_all(const std::byte* send, std::byte* recv, size_t bytes) override {
     const size_t total = bytes * static_cast<size_t>(world_);
     std::byte* staged_send = staging_.get(2 * total, stream_);
     std::byte* staged_recv = staged_send + total;
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged_send, send, total, cudaMemcpyHostToDevice, stream_));
+    std::byte* pinned = stage_in(send, total, total);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged_send, pinned, total, cudaMemcpyHostToDevice, stream_));
     exchange_blocks(staged_send, bytes, staged_recv, bytes);
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv, staged_recv, total, cudaMemcpyDeviceToHost, stream_));
-    wait("an all-to-all");
+    stage_out(staged_recv, recv, total, "an all-to-all");
   }
 
   void all_gather(const std::byte* send, std::byte* recv, size_t bytes) override {
     const size_t total = bytes * static_cast<size_t>(world_);
     std::byte* staged = staging_.get(total, stream_);
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged + rank_ * bytes, send, bytes, cudaMemcpyHostToDevice, stream_));
+    std::byte* pinned = stage_in(send, bytes, total);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged + rank_ * bytes, pinned, bytes, cudaMemcpyHostToDevice, stream_));
     gather_in_place(staged, bytes);
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv, staged, total, cudaMemcpyDeviceToHost, stream_));
-    wait("an all-gather");
+    stage_out(staged, recv, total, "an all-gather");
   }
 
   void broadcast(std::byte* data, size_t bytes, int root) override {
     std::byte* staged = staging_.get(bytes, stream_);
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged, data, bytes, cudaMemcpyHostToDevice, stream_));
+    std::byte* pinned = stage_in(data, bytes, bytes);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(staged, pinned, bytes, cudaMemcpyHostToDevice, stream_));
     check(api_.Broadcast(staged, staged, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(data, staged, bytes, cudaMemcpyDeviceToHost, stream_));
-    wait("a broadcast");
+    stage_out(staged, data, bytes, "a broadcast");
   }
 
   void barrier() override {
@@ -245,10 +258,10 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   // The chunks travel in segments, so the received values take at most
   // kGradientExchangeBytes of device memory whatever the model's size.
   void reduce_scatter_sum_bf16(void* padded, size_t chunk, void* caller_stream) override {
-    follow(caller_stream);
     auto* values = static_cast<bf16*>(padded);
     const size_t segment = gradient_exchange_segment(world_);
     bf16* received = exchange_.get(static_cast<size_t>(world_) * std::min(segment, chunk), stream_);
+    follow(caller_stream);
     for (size_t begin = 0; begin < chunk; begin += segment) {
       const size_t length = std::min(segment, chunk - begin);
       // Chunk r's segment goes to rank r (this rank's own is copied before
@@ -286,17 +299,63 @@ class NcclTransport final : public Transport, public DeviceCollectives {
     return id;
   }
 
+  // `bytes` of host memory copied into the pinned buffer (which the
+  // stream's earlier work no longer uses: every call ends with wait()),
+  // grown now to the `capacity` stage_out will need: growing later would
+  // wait for the stream without a bound.
+  std::byte* stage_in(const std::byte* host, size_t bytes, size_t capacity) {
+    std::byte* pinned = pinned_.get(std::max(bytes, capacity), stream_);
+    std::memcpy(pinned, host, bytes);
+    return pinned;
+  }
+
+  // device → pinned → host, once the stream is done.
+  void stage_out(const std::byte* device, std::byte* host, size_t bytes, const char* what) {
+    std::byte* pinned = pinned_.get(bytes, stream_);
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(pinned, device, bytes, cudaMemcpyDeviceToHost, stream_));
+    wait(what);
+    std::memcpy(host, pinned, bytes);
+  }
+
+  // NCCL_COMM_BLOCKING=0 would make every call return ncclInProgress, which
+  // this transport does not poll for.
+  static void require_blocking_communicators() {
+    const char* blocking = std::getenv("NCCL_COMM_BLOCKING");
+    if (blocking != nullptr && std::string(blocking) == "0") {
+      fail("NCCL_COMM_BLOCKING=0: emix needs NCCL's blocking communicators (it bounds its waits itself); unset it");
+    }
+  }
+
+  // A first all-gather and all-to-all, so that NCCL connects every pair of
+  // ranks now, under the initialization's watchdog.
+  void connect_peers() {
+    barrier();
+    std::vector<std::byte> send(static_cast<size_t>(world_)), recv(static_cast<size_t>(world_));
+    all_to_all(send.data(), recv.data(), 1);
+  }
+
+  void release_cuda_objects() {
+    if (caller_ready_ != nullptr) cudaEventDestroy(caller_ready_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    caller_ready_ = nullptr;
+    stream_ = nullptr;
+  }
+
   // Block r of send (blocks `send_stride` bytes apart) to rank r, and rank
   // r's block into block r of recv (`bytes` apart); this rank's own block by
-  // a device copy. Queued on stream_.
+  // a device copy. Queued on stream_. The group is ended even when a call in
+  // it fails, so that no group stays open.
   void exchange_blocks(const std::byte* send, size_t send_stride, std::byte* recv, size_t bytes) {
     check(api_.GroupStart(), "ncclGroupStart");
-    for (int r = 0; r < world_; ++r) {
+    ncclResult_t queued = ncclSuccess;
+    for (int r = 0; r < world_ && queued == ncclSuccess; ++r) {
       if (r == rank_) continue;
-      check(api_.Send(send + r * send_stride, bytes, ncclUint8, r, comm_, stream_), "ncclSend");
-      check(api_.Recv(recv + r * bytes, bytes, ncclUint8, r, comm_, stream_), "ncclRecv");
+      queued = api_.Send(send + r * send_stride, bytes, ncclUint8, r, comm_, stream_);
+      if (queued == ncclSuccess) queued = api_.Recv(recv + r * bytes, bytes, ncclUint8, r, comm_, stream_);
     }
-    check(api_.GroupEnd(), "ncclGroupEnd");
+    const ncclResult_t ended = api_.GroupEnd();
+    check(queued, "ncclSend/ncclRecv");
+    check(ended, "ncclGroupEnd");
     EMIX_CUDA_CHECK(cudaMemcpyAsync(recv + rank_ * bytes, send + rank_ * send_stride, bytes, cudaMemcpyDeviceToDevice, stream_));
   }
 
@@ -362,7 +421,8 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t caller_ready_ = nullptr;
-  cuda::GrowingBuffer<std::byte> staging_;  // host bytes on their way
+  cuda::GrowingBuffer<std::byte> staging_;  // host bytes on their way, on the device
+  cuda::GrowingBuffer<std::byte, cuda::Memory::pinned_host> pinned_;  // and on the host
   cuda::GrowingBuffer<bf16> exchange_;      // gradient segments received
 };
 

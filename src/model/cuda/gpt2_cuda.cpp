@@ -174,6 +174,7 @@ Gpt2Cuda::Gpt2Cuda(const ModelConfig& config, Gpt2CudaOptions options)
   master_ = device_alloc<float>(P);
   params_ = device_alloc<bf16>(P);
   grads_ = device_alloc<bf16>(P);
+  padded_size_ = P;
   acts_ = std::make_unique<Activations>();
   acts_->attention = options_.attention == AttentionKind::cudnn ? make_cudnn_attention(options_.deterministic)
                                                                 : make_reference_attention();
@@ -205,7 +206,7 @@ void pad_device_buffer(T*& buffer, size_t count, size_t padded, cudaStream_t str
 void Gpt2Cuda::pad_buffers(size_t padded) {
   const size_t P = layout_.num_parameters();
   if (padded < P) fail("pad_buffers: {} elements for {} parameters", padded, P);
-  if (padded == padded_size_) return;
+  if (padded == padded_size_) return;  // briefly twice each buffer's memory, once at startup
   pad_device_buffer(master_, P, padded, stream_);
   pad_device_buffer(params_, P, padded, stream_);
   pad_device_buffer(grads_, P, padded, stream_);

@@ -116,7 +116,7 @@ class Gpt2Cuda {
   float* master_ = nullptr;
   bf16* params_ = nullptr;
   bf16* grads_ = nullptr;
-  size_t padded_size_ = 0;  // of the three buffers above, after pad_buffers
+  size_t padded_size_ = 0;  // elements of the three buffers above
   std::unique_ptr<Activations> acts_;
 };
 
