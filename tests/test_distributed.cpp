@@ -12,6 +12,7 @@
 // with a non-zero status instead of hanging.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,8 +27,11 @@
 
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/gradient_exchange.hpp"
 #include "distributed/process_identity.hpp"
 #include "distributed/mpi_abi.hpp"
+#include "kernels/bf16_rounding.hpp"
+#include "model/gpt2_config.hpp"
 #include "test_support.hpp"
 
 #ifdef EMIX_TEST_HAVE_MPI_H
@@ -188,6 +192,81 @@ TEST(Distributed, ReduceScatterInPlace) {
   std::span<float> mine = std::span<float>(buffer).subspan(comm().rank() * chunk, chunk);
   comm().reduce_scatter_sum(buffer, mine);
   EXPECT_TRUE(test::same_bits(mine, separate));
+}
+
+// Rank r's bf16 contribution, as bit patterns: mixed magnitudes, so that
+// the order of the additions shows, and a few special values.
+std::vector<uint16_t> bf16_values(int rank, size_t n, uint32_t salt) {
+  const std::vector<float> values = random_values(rank, n, salt);
+  std::vector<uint16_t> bits(n);
+  for (size_t i = 0; i < n; ++i) bits[i] = bf16_bits_nearest_even(i % 5 == 0 ? values[i] * 4096.0f : values[i]);
+  if (n > 3) {
+    bits[1] = 0x8000;                        // -0 on every rank: the sum stays -0
+    bits[2] = rank == 0 ? 0x7F80 : bits[2];  // +inf from rank 0
+  }
+  return bits;
+}
+
+// The GPU's rule (sum_bf16_chunks): chunk rank()'s values added in fp32
+// from rank 0 up, rounded once to the nearest bf16; over several segments
+// in the small-segments entry.
+TEST(Distributed, Bf16ReduceScatterAddsInFp32InRankOrder) {
+  const int n = comm().world_size();
+  const size_t rank = static_cast<size_t>(comm().rank());
+  for (size_t chunk : {size_t{1}, size_t{7}, size_t{4099}}) {
+    std::vector<std::vector<uint16_t>> all;
+    for (int r = 0; r < n; ++r) all.push_back(bf16_values(r, chunk * static_cast<size_t>(n), 11));
+    std::vector<uint16_t> mine(chunk);
+    comm().reduce_scatter_sum_bf16(all[rank], mine);
+    for (size_t i = 0; i < chunk; ++i) {
+      const size_t global = rank * chunk + i;
+      float sum = bf16_bits_to_float(all[0][global]);
+      for (int r = 1; r < n; ++r) sum += bf16_bits_to_float(all[static_cast<size_t>(r)][global]);
+      ASSERT_EQ(mine[i], bf16_bits_nearest_even(sum)) << "chunk " << chunk << " element " << global;
+    }
+    if (chunk > 3 && rank == 0) {
+      EXPECT_EQ(mine[1], 0x8000);
+      EXPECT_EQ(mine[2], 0x7F80);
+    }
+  }
+}
+
+// The gradients of a model sent group by group, in the backward's order
+// and in small batches (gradient_exchange.hpp), give each owner the bits of
+// the whole buffer's bf16 reduce-scatter, and leave the rest of every
+// rank's buffer alone.
+TEST(Distributed, GradientExchangeInGroupsIsTheBf16ReduceScatter) {
+  const int n = comm().world_size();
+  const ModelConfig model{64, 64, 3, 16, 2, 8};
+  const ParameterLayout layout(model);
+  const ShardPlan plan = ShardPlan::make(layout.num_parameters(), n, comm().rank(), 16);
+  std::vector<std::vector<uint16_t>> all;
+  for (int r = 0; r < n; ++r) {
+    all.push_back(bf16_values(r, plan.padded_total(), 13));
+    std::fill(all.back().begin() + static_cast<std::ptrdiff_t>(plan.total), all.back().end(), 0);  // the padding
+  }
+  const std::vector<uint16_t>& before = all[static_cast<size_t>(comm().rank())];
+  std::vector<uint16_t> whole(plan.chunk);
+  comm().reduce_scatter_sum_bf16(before, whole);
+
+  std::vector<uint16_t> grads = before;
+  const PieceRead read = [&](const ExchangePiece& piece, uint16_t* to) {
+    std::copy_n(grads.data() + piece.begin, piece.length, to);
+  };
+  const PieceWrite write = [&](const ExchangePiece& piece, const uint16_t* from) {
+    std::copy_n(from, piece.length, grads.data() + piece.begin);
+  };
+  std::vector<uint16_t> scratch;
+  for (const auto& group : gradient_groups_in_backward_order(layout, model.n_layer)) {
+    for (const ExchangeBatch& batch : plan_gradient_exchange(group, plan, /*segment=*/37)) {
+      exchange_batch_through_host(comm(), batch, read, write, scratch);
+    }
+  }
+  const size_t mine_begin = static_cast<size_t>(comm().rank()) * plan.chunk;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const bool mine = i >= mine_begin && i < mine_begin + plan.chunk && i < plan.total;
+    ASSERT_EQ(grads[i], mine ? whole[i - mine_begin] : before[i]) << "element " << i;
+  }
 }
 
 TEST(Distributed, SizeMismatchIsAnErrorOnEveryRank) {

@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "distributed/process_identity.hpp"
+#include "kernels/bf16_rounding.hpp"
 
 namespace emix {
 
@@ -37,6 +38,14 @@ void Communicator::all_gather(std::span<const double> input, std::span<double> o
   std::fill(output.begin(), output.end(), 0.0);
   std::copy(input.begin(), input.end(), output.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(rank()) * input.size()));
   all_reduce_sum(output);
+}
+
+void Communicator::reduce_scatter_sum_bf16(std::span<const uint16_t> input, std::span<uint16_t> output) {
+  std::vector<float> widened(input.size());
+  std::transform(input.begin(), input.end(), widened.begin(), bf16_bits_to_float);
+  std::vector<float> sum(output.size());
+  reduce_scatter_sum(widened, sum);
+  std::transform(sum.begin(), sum.end(), output.begin(), bf16_bits_nearest_even);
 }
 
 void Communicator::check_all(bool ok, const std::string& what) {

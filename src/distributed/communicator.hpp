@@ -66,6 +66,7 @@
 // or call abort(), which ends all ranks; a rank that simply exits non-zero
 // also makes mpirun end the job.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -103,6 +104,13 @@ class Communicator {
   // rank r's input. input and output may overlap only if input is exactly
   // chunk rank() of output.
   virtual void all_gather(std::span<const float> input, std::span<float> output) = 0;
+  // The gradients' sum of GPU ranks (DeviceCollectives, device_collectives.hpp)
+  // on host bf16 bit patterns, for a communicator that moves host memory:
+  // as reduce_scatter_sum, but the sums are added in fp32 in rank order (as
+  // reduce_scatter_sum adds floats) and rounded once to the nearest bf16,
+  // ties to even: the bits sum_bf16_chunks gives on a GPU. input and output
+  // may not overlap.
+  void reduce_scatter_sum_bf16(std::span<const uint16_t> input, std::span<uint16_t> output);
   // data of rank `root` is copied to every rank.
   virtual void broadcast(std::span<float> data, int root) = 0;
   virtual void broadcast_bytes(std::span<std::byte> data, int root) = 0;

@@ -72,4 +72,27 @@ const TensorInfo& ParameterLayout::find(std::string_view name) const {
   fail("no parameter tensor named '{}'", name);
 }
 
+std::vector<std::vector<ParamRange>> gradient_groups_in_backward_order(const ParameterLayout& layout, int n_layer) {
+  auto whole = [&](std::string_view name) {
+    const TensorInfo& t = layout.find(name);
+    return ParamRange{t.offset, t.count};
+  };
+  auto is_per_layer = [](const std::string& name) {
+    return name != "wte" && name != "wpe" && name != "lnfw" && name != "lnfb";
+  };
+  std::vector<std::vector<ParamRange>> groups;
+  groups.push_back({whole("lnfw"), whole("lnfb")});
+  for (int layer = n_layer - 1; layer >= 0; --layer) {
+    std::vector<ParamRange> block;
+    for (const TensorInfo& t : layout.tensors()) {
+      if (!is_per_layer(t.name)) continue;
+      const size_t per_layer = t.count / static_cast<size_t>(n_layer);
+      block.push_back(ParamRange{t.offset + static_cast<size_t>(layer) * per_layer, per_layer});
+    }
+    groups.push_back(std::move(block));
+  }
+  groups.push_back({whole("wte"), whole("wpe")});
+  return groups;
+}
+
 }  // namespace emix

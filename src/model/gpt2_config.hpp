@@ -59,4 +59,19 @@ class ParameterLayout {
   size_t total_ = 0;
 };
 
+// A run of consecutive elements of the flat parameter buffer.
+struct ParamRange {
+  size_t begin = 0;
+  size_t count = 0;
+};
+
+// The parameters in the order a backward pass finishes their gradients, one
+// group per point where a group is complete: the final LayerNorm, then each
+// block from the last to the first (slice `layer` of every per-layer
+// tensor), then the two embeddings (wte's gradient also gets the output
+// head's part, first). The groups cover every parameter exactly once; within
+// a group the ranges ascend. Data parallelism sends each group to its owners
+// while the backward goes on (ModelBackend::report_gradients_of_next_backward).
+std::vector<std::vector<ParamRange>> gradient_groups_in_backward_order(const ParameterLayout& layout, int n_layer);
+
 }  // namespace emix

@@ -71,6 +71,14 @@ class ModelBackend {
   // from the ranks that updated them): the bf16 weights are re-derived as
   // update `step` rounded them (weights_changed()'s rule).
   virtual void master_changed(int64_t step);
+  // During the next forward_backward only: `ready` is called with each group
+  // of gradient_groups_in_backward_order() as soon as the work finishing its
+  // gradients is queued (on DeviceBuffers::stream for a GPU), so that data
+  // parallelism sends them while the backward goes on. Null: no reports.
+  // The default (the CPU) never reports; the caller then reduces the
+  // unreported parameters after the backward.
+  using GradientsReady = std::function<void(std::span<const ParamRange> ranges)>;
+  virtual void report_gradients_of_next_backward(GradientsReady ready) { (void)ready; }
   // One optimizer update from the accumulated gradients, each multiplied by
   // grad_scale first (clipping).
   virtual void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) = 0;

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/text.hpp"
 #include "distributed/device_collectives.hpp"
+#include "distributed/gradient_exchange.hpp"
 #include "optim/grad_clip.hpp"
 
 namespace emix {
@@ -40,14 +41,16 @@ std::unique_ptr<Optimizer> make_optimizer(const Json& section, size_t size, std:
 constexpr size_t kBf16Bytes = 2;
 
 // The collectives on GPU buffers a run of `backend` uses: null on the host,
-// and on one GPU without NCCL (the backend then does all the work itself).
+// and on one GPU without NCCL (the backend then does all the work itself);
+// NCCL's own; or, for several GPU ranks through a host communicator (MPI),
+// host-staged ones, which `owned` keeps.
 DeviceCollectives* device_collectives_for(Communicator& comm, const ModelBackend& backend, ZeroStage stage,
-                                          bool keeps_m2) {
+                                          bool keeps_m2, std::unique_ptr<DeviceCollectives>& owned) {
   if (backend.placement() != Placement::device) return nullptr;
   DeviceCollectives* collectives = comm.device_collectives();
   if (collectives == nullptr && comm.world_size() > 1) {
-    fail("{} ranks on GPUs need the NCCL communicator, but this run's is {} (EMIX_COMM forces it: unset it)",
-         comm.world_size(), comm.backend());
+    owned = make_host_staged_collectives(comm);
+    collectives = owned.get();
   }
   if (collectives != nullptr && stage == ZeroStage::shard_m2 && keeps_m2) {
     fail("training.zero_stage \"m2\" runs on the CPU backend only; on GPUs use zero_stage 1, which shards m2 "
@@ -99,7 +102,7 @@ std::vector<MemoryRow> per_rank_memory(size_t parameters, Placement placement, s
 
 DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json& optimizer_section, ZeroStage zero_stage)
     : comm_(comm), backend_(backend), zero_stage_(zero_stage), state_layout_(optimizer_state_layout(optimizer_section)) {
-  device_collectives_ = device_collectives_for(comm, backend, zero_stage, has_m2(state_layout_));
+  device_collectives_ = device_collectives_for(comm, backend, zero_stage, has_m2(state_layout_), staged_collectives_);
   const ParameterLayout& layout = backend.layout();
   const size_t total = layout.num_parameters();
   // On the host one rank needs no collectives; on a GPU with NCCL they run
@@ -132,6 +135,15 @@ DataParallel::DataParallel(Communicator& comm, ModelBackend& backend, const Json
 
 DataParallel::~DataParallel() = default;
 
+void DataParallel::overlap_next_backward() {
+  if (device_collectives_ == nullptr) return;
+  reported_.clear();
+  backend_.report_gradients_of_next_backward([this](std::span<const ParamRange> ranges) {
+    device_collectives_->reduce_bf16(device_.grads_bf16, plan_, ranges, device_.stream);
+    reported_.insert(reported_.end(), ranges.begin(), ranges.end());
+  });
+}
+
 double DataParallel::reduce_gradients() {
   if (device_collectives_ != nullptr) return reduce_device_gradients();
   if (comm_.world_size() == 1) return backend_.grad_norm();
@@ -147,11 +159,16 @@ double DataParallel::reduce_gradients() {
   return std::sqrt(sum_blocks_over_shards(block_sums_of_squares(mine)));
 }
 
-// Stage 0 sums the whole buffer (a reduce-scatter then an all-gather, as
-// the host's all_reduce_sum); stage 1 stops after the reduce-scatter, and the
-// norm adds the ranks' sums of squares in rank order.
+// The parameters the last backward did not report go now, then every
+// reduction is waited for. Stage 0 then gathers the sums (a reduce-scatter
+// then an all-gather, as the host's all_reduce_sum); at stage 1 the norm
+// adds the ranks' sums of squares in rank order.
 double DataParallel::reduce_device_gradients() {
-  device_collectives_->reduce_scatter_sum_bf16(device_.grads_bf16, plan_.chunk, device_.stream);
+  backend_.report_gradients_of_next_backward(nullptr);
+  const std::vector<ParamRange> unreported = ranges_not_in(reported_, plan_.total);
+  reported_.clear();
+  if (!unreported.empty()) device_collectives_->reduce_bf16(device_.grads_bf16, plan_, unreported, device_.stream);
+  device_collectives_->finish_reductions();
   if (!sharded_) {
     device_collectives_->all_gather(device_.grads_bf16, plan_.chunk * kBf16Bytes, device_.stream);
     return backend_.grad_norm();
@@ -328,8 +345,10 @@ std::vector<std::string> DataParallel::describe() const {
   std::vector<std::string> lines;
   const int world = comm_.world_size();
   if (world > 1) {
-    lines.push_back(fmt::format("data parallel: {} ranks ({} communicator), ZeRO stage {}{}; {} sent per rank per step",
-                                world, comm_.backend(), zero_stage_name(zero_stage_), describe_sharding(),
+    lines.push_back(fmt::format("data parallel: {} ranks ({} communicator{}), ZeRO stage {}{}; {} sent per rank per step",
+                                world, comm_.backend(),
+                                staged_collectives_ ? ", GPU buffers staged through host memory" : "",
+                                zero_stage_name(zero_stage_), describe_sharding(),
                                 format_bytes(static_cast<double>(bytes_sent_per_step()))));
   }
   uint64_t total = 0;

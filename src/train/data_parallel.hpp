@@ -25,9 +25,10 @@
 // work itself (any backend, the GPU included). With several ranks the
 // collectives work on the backend's buffers in place, padded to
 // world × chunk: in host memory (padded_host_buffers) through any
-// communicator, or on GPUs (padded_device_buffers) through NCCL's
-// DeviceCollectives, which also run with one rank when the communicator is
-// NCCL (EMIX_COMM=nccl). On GPUs the bf16 gradients are exchanged, stage 1
+// communicator, or on GPUs (padded_device_buffers) through DeviceCollectives:
+// NCCL's, which also run with one rank when the communicator is NCCL
+// (EMIX_COMM=nccl), or host-staged ones over MPI (EMIX_COMM=mpi: several
+// ranks may then share one GPU). On GPUs the bf16 gradients are exchanged, stage 1
 // updates the shard of the fp32 master weights and the state and gathers
 // the master weights (every rank keeps all of them; the bf16 weights are
 // re-derived with the owner's rounding), and stage m2 is refused.
@@ -90,6 +91,11 @@ class DataParallel {
   const ShardPlan& plan() const { return plan_; }
   ZeroStage zero_stage() const { return zero_stage_; }
 
+  // Called before the step's last forward_backward: on GPUs the gradients
+  // are sent to their owners as that backward finishes them, overlapping
+  // the communication with the rest of the backward (the host paths
+  // reduce after it).
+  void overlap_next_backward();
   // Combines the ranks' gradients (each rank scaled its own by 1 / the
   // number of micro-batches in the global batch, so the combination is a
   // sum) and returns the global L2 norm, the same on every rank.
@@ -138,9 +144,13 @@ class DataParallel {
   // Several ranks only: the backend's weights and gradients, padded to
   // world × chunk at stage 1, which the collectives work on in place.
   ModelBackend::HostBuffers host_;
-  // GPU buffers through NCCL (any number of ranks): the collectives, and the
-  // backend's buffers padded to world × chunk.
+  // GPU buffers (several ranks, or NCCL with one): the collectives (NCCL's,
+  // or host-staged ones this class owns), and the backend's buffers padded
+  // to world × chunk.
   DeviceCollectives* device_collectives_ = nullptr;
+  std::unique_ptr<DeviceCollectives> staged_collectives_;
+  // The ranges of the gradients already being reduced during this step's last backward.
+  std::vector<ParamRange> reported_;
   ModelBackend::DeviceBuffers device_;
   // Stage m2 with several ranks: the optimizer, and one shard's new m2.
   M2ShardedOptimizer* m2_sharded_ = nullptr;

@@ -181,6 +181,7 @@ StepRecord Trainer::train_step() {
   backend_->zero_grad();
   std::vector<double> my_losses(static_cast<size_t>(accumulation));
   for (size_t micro = 0; micro < starts.size(); ++micro) {
+    if (micro + 1 == starts.size()) data_parallel_->overlap_next_backward();
     my_losses[micro] = backend_->forward_backward(batch_inputs(micro), batch_targets(micro), t.batch_size, t.seq_len,
                                                   1.0f / static_cast<float>(micro_batches));
   }

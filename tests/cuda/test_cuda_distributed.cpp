@@ -1,12 +1,19 @@
-// The NCCL communicator and the GPU's data-parallel path on one GPU: the
-// gradients' rank-order sum kernel against its host definition, and
-// training through NCCL with one rank (EMIX_COMM=nccl: every collective of
-// stages 0 and 1 runs, as a copy) against the plain single-GPU run, bit for
-// bit. Several GPU ranks need several GPUs (NCCL refuses two ranks on one).
+// The GPU's data-parallel path: the gradients' rank-order sum kernel
+// against its host definition; training through NCCL with one rank
+// (EMIX_COMM=nccl: every collective of stages 0 and 1 runs, as a copy)
+// against the plain single-GPU run, bit for bit; and, launched under
+// `mpirun -np 2` with EMIX_COMM=mpi (scripts/gpu_check.sh), two ranks sharing
+// one GPU through the host-staged collectives (NCCL refuses two ranks on one
+// GPU; several GPUs run the NCCL path the same way).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -17,6 +24,8 @@
 #include "kernels/cuda/sum_chunks.cuh"
 #include "test_support.hpp"
 #include "train/trainer.hpp"
+
+namespace fs = std::filesystem;
 
 namespace emix {
 namespace {
@@ -111,6 +120,83 @@ TEST(CudaDistributed, NcclWithOneRankTrainsAsOneGpuBitForBit) {
       EXPECT_TRUE(test::same_bits(resumed.trainer->backend().weights(), plain.backend().weights()));
     }
   }
+}
+
+// The MPI communicator of a test process started by mpirun, kept until the
+// process ends (MPI is initialized once per process); null with one process.
+Communicator* launcher_communicator() {
+  static const std::unique_ptr<Communicator> comm =
+      read_process_identity().world_size > 1 ? make_communicator(/*gpu_run=*/false) : nullptr;
+  return comm.get();
+}
+
+// A directory every rank sees: rank 0 creates it and sends its path.
+fs::path shared_directory(Communicator& comm, std::unique_ptr<test::TempDir>& owned) {
+  if (comm.rank() == 0) owned = std::make_unique<test::TempDir>();
+  std::vector<char> bytes(4096, '\0');
+  if (owned) {
+    const std::string path = owned->path().string();
+    std::copy(path.begin(), path.end(), bytes.begin());
+  }
+  comm.broadcast_bytes(std::as_writable_bytes(std::span<char>(bytes)), 0);
+  const fs::path path(bytes.data());
+  if (comm.rank() == 0) test::write_tiny_shards(path);
+  comm.barrier();
+  return path;
+}
+
+// Several ranks on one GPU through MPI (the host-staged collectives): the
+// two stages give the same bits, every rank ends with the same weights, a
+// resume is bit-exact, and the run follows the single-GPU run (the bf16
+// gradients are summed across ranks in another order, so to a tolerance).
+TEST(CudaDistributed, RanksSharingOneGpuThroughMpiTrainAsOneGpu) {
+  EMIX_REQUIRE_GPU();
+  if (read_process_identity().world_size == 1) {
+    GTEST_SKIP() << "needs several ranks: EMIX_COMM=mpi mpirun -np 2 test_cuda --gtest_filter='CudaDistributed.*'";
+  }
+  Communicator& comm = *launcher_communicator();
+  ASSERT_EQ(comm.device_collectives(), nullptr) << "this test is for a host communicator (EMIX_COMM=mpi)";
+  std::unique_ptr<test::TempDir> owned;
+  const fs::path shared = shared_directory(comm, owned);
+  test::TempDir mine;
+  test::write_tiny_shards(mine.path());
+  for (const std::string& optimizer : {std::string("ademamix"), std::string("mars")}) {
+    Trainer single(Config::from_json(nccl_test_config(mine, optimizer, optimizer + "_single", 0)));
+    ASSERT_TRUE(single.run());
+    std::vector<std::vector<float>> stage_weights;
+    for (int stage : {0, 1}) {
+      SCOPED_TRACE(optimizer + ", zero_stage " + std::to_string(stage));
+      Json config = nccl_test_config(mine, optimizer, "", stage);
+      config["data"]["train_shards"] = (shared / "tiny_train_*.bin").string();
+      config["data"]["val_shards"] = (shared / "tiny_val_*.bin").string();
+      config["logging"]["run_dir"] = (shared / (optimizer + "_mpi" + std::to_string(stage))).string();
+      Trainer ranks(Config::from_json(config), nullptr, &comm);
+      ASSERT_TRUE(ranks.run());
+      std::span<const float> weights = ranks.backend().weights();
+      stage_weights.emplace_back(weights.begin(), weights.end());
+      std::vector<float> leader = stage_weights.back();
+      comm.broadcast(leader, 0);
+      EXPECT_TRUE(test::same_bits(stage_weights.back(), leader)) << "rank " << comm.rank() << " differs from rank 0";
+      ASSERT_EQ(ranks.history().size(), single.history().size());
+      for (size_t i = 0; i < single.history().size(); ++i) {
+        EXPECT_NEAR(ranks.history()[i].loss, single.history()[i].loss, 0.02 * single.history()[i].loss) << "step " << i + 1;
+      }
+      double largest = 0.0;
+      std::span<const float> reference = single.backend().weights();
+      for (size_t i = 0; i < reference.size(); ++i) {
+        largest = std::max(largest, std::fabs(static_cast<double>(stage_weights.back()[i]) - reference[i]));
+      }
+      std::printf("[rank %d] %s stage %d on %d ranks against one GPU: largest |Δweight| %.3g, last loss %.6f vs %.6f\n",
+                  comm.rank(), optimizer.c_str(), stage, comm.world_size(), largest, ranks.history().back().loss,
+                  single.history().back().loss);
+
+      config["logging"]["run_dir"] = (shared / (optimizer + "_mpi_resumed" + std::to_string(stage))).string();
+      const test::ResumedRun resumed = test::run_stopped_and_resumed(Config::from_json(config), /*stop_at_step=*/5, &comm);
+      EXPECT_TRUE(test::same_bits(resumed.trainer->backend().weights(), stage_weights.back()));
+    }
+    EXPECT_TRUE(test::same_bits(stage_weights[0], stage_weights[1])) << "stages 0 and 1 differ";
+  }
+  comm.barrier();
 }
 
 }  // namespace

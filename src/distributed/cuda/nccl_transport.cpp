@@ -12,8 +12,10 @@
 //
 // No wait is unbounded. NCCL has no timeouts of its own: a rank that dies
 // leaves the others blocked inside a collective. So every call here runs on
-// this transport's stream and returns only once it has completed, polling
-// the stream and ncclCommGetAsyncError, and aborting the communicator after
+// this transport's stream and returns only once it has completed (the
+// gradients' reductions, queued during the backward, once
+// finish_reductions() sees them complete), polling the stream and
+// ncclCommGetAsyncError, and aborting the communicator after
 // EMIX_NCCL_TIMEOUT seconds (default 900, which must cover the longest
 // pause of one rank: rank 0 writing a checkpoint). Host memory is staged in
 // pinned buffers, because a device-to-host copy into pageable memory blocks
@@ -21,8 +23,8 @@
 // applies. ncclCommInitRank, which cannot be polled, runs under a watchdog
 // with the rendezvous' timeout, together with a first all-gather and
 // all-to-all: NCCL connects peers when they are first used, in host calls
-// that block. Waiting for each collective costs little: what follows it
-// (the norm, the update, the next forward) needs its result.
+// that block. Waiting for each other collective costs little: what follows
+// it (the norm, the update, the next forward) needs its result.
 #include <dlfcn.h>
 #include <nccl.h>
 
@@ -46,10 +48,12 @@
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
 #include "distributed/device_collectives.hpp"
+#include "distributed/gradient_exchange.hpp"
 #include "distributed/process_identity.hpp"
 #include "distributed/rendezvous.hpp"
 #include "distributed/transport.hpp"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.hpp"
 #include "kernels/cuda/growing_buffer.cuh"
 #include "kernels/cuda/sum_chunks.cuh"
 
@@ -152,17 +156,6 @@ class Watchdog {
   std::thread thread_;  // last: it starts once the members above exist
 };
 
-// The rank's GPU: its local rank, or the only one the node shows.
-void select_device(int local_rank) {
-  int count = 0;
-  EMIX_CUDA_CHECK(cudaGetDeviceCount(&count));
-  const int device = count == 1 ? 0 : local_rank;
-  if (device >= count) {
-    fail("local rank {} on a node that shows {} GPUs: start one rank per GPU on each node", local_rank, count);
-  }
-  EMIX_CUDA_CHECK(cudaSetDevice(device));
-}
-
 class NcclTransport final : public Transport, public DeviceCollectives {
  public:
   explicit NcclTransport(const ProcessIdentity& identity)
@@ -172,7 +165,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
         local_rank_(identity.local_rank),
         timeout_(collective_timeout_from_environment()) {
     require_blocking_communicators();
-    select_device(local_rank_);
+    cuda::select_device_for_local_rank(local_rank_);
     try {
       EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
       EMIX_CUDA_CHECK(cudaEventCreateWithFlags(&caller_ready_, cudaEventDisableTiming));
@@ -255,23 +248,42 @@ class NcclTransport final : public Transport, public DeviceCollectives {
     std::_Exit(code);
   }
 
-  // The chunks travel in segments, so the received values take at most
-  // kGradientExchangeBytes of device memory whatever the model's size.
-  void reduce_scatter_sum_bf16(void* padded, size_t chunk, void* caller_stream) override {
-    auto* values = static_cast<bf16*>(padded);
+  // Queued on stream_ without waiting, batch by batch (gradient_exchange.hpp):
+  // each rank packs its pieces for every owner into blocks and sends each
+  // owner its block (its length only: a group often lies in a few owners'
+  // chunks), each owner adds them in rank order and unpacks its sums. The
+  // exchange buffer takes its largest size at the first call, so it never
+  // grows (which would wait for the stream) while batches are in flight.
+  void reduce_bf16(void* padded, const ShardPlan& plan, std::span<const ParamRange> ranges,
+                   void* caller_stream) override {
+    auto* grads = static_cast<bf16*>(padded);
     const size_t segment = gradient_exchange_segment(world_);
-    bf16* received = exchange_.get(static_cast<size_t>(world_) * std::min(segment, chunk), stream_);
+    const size_t world = static_cast<size_t>(world_);
+    bf16* buffer = exchange_.get((2 * world + 1) * std::min(segment, plan.chunk), stream_);
     follow(caller_stream);
-    for (size_t begin = 0; begin < chunk; begin += segment) {
-      const size_t length = std::min(segment, chunk - begin);
-      // Chunk r's segment goes to rank r (this rank's own is copied before
-      // the sum overwrites it: one stream orders them).
-      exchange_blocks(reinterpret_cast<const std::byte*>(values + begin), chunk * sizeof(bf16),
-                      reinterpret_cast<std::byte*>(received), length * sizeof(bf16));
-      cuda::sum_bf16_chunks(values + static_cast<size_t>(rank_) * chunk + begin, received, world_, length, stream_);
+    for (const ExchangeBatch& batch : plan_gradient_exchange(ranges, plan, segment)) {
+      bf16* send = buffer;
+      bf16* received = buffer + world * batch.block;
+      bf16* sums = buffer + 2 * world * batch.block;
+      for (size_t owner = 0; owner < world; ++owner) {
+        for (const ExchangePiece& piece : batch.pieces[owner]) {
+          copy_bf16(send + owner * batch.block + piece.offset, grads + piece.begin, piece.length);
+        }
+      }
+      std::vector<size_t> send_bytes(world);
+      for (size_t owner = 0; owner < world; ++owner) send_bytes[owner] = batch.lengths[owner] * sizeof(bf16);
+      const size_t mine = batch.lengths[static_cast<size_t>(rank_)];
+      exchange_blocks(reinterpret_cast<const std::byte*>(send), batch.block * sizeof(bf16), send_bytes,
+                      reinterpret_cast<std::byte*>(received), mine * sizeof(bf16));
+      if (mine == 0) continue;
+      cuda::sum_bf16_chunks(sums, received, world_, mine, stream_);
+      for (const ExchangePiece& piece : batch.pieces[static_cast<size_t>(rank_)]) {
+        copy_bf16(grads + piece.begin, sums + piece.offset, piece.length);
+      }
     }
-    wait("the gradients' reduce-scatter");
   }
+
+  void finish_reductions() override { wait("the gradients' reduce-scatter"); }
 
   void all_gather(void* padded, size_t chunk_bytes, void* caller_stream) override {
     follow(caller_stream);
@@ -346,17 +358,36 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   // a device copy. Queued on stream_. The group is ended even when a call in
   // it fails, so that no group stays open.
   void exchange_blocks(const std::byte* send, size_t send_stride, std::byte* recv, size_t bytes) {
+    exchange_blocks(send, send_stride, std::vector<size_t>(static_cast<size_t>(world_), bytes), recv, bytes);
+  }
+
+  // Block r of `send` (send_bytes[r] bytes, at send_stride apart) goes to
+  // rank r, and each rank's block for this one (recv_bytes: every rank
+  // computed the same send_bytes) lands at recv + r × recv_bytes. Empty
+  // blocks are not sent: both sides know it.
+  void exchange_blocks(const std::byte* send, size_t send_stride, const std::vector<size_t>& send_bytes,
+                       std::byte* recv, size_t recv_bytes) {
     check(api_.GroupStart(), "ncclGroupStart");
     ncclResult_t queued = ncclSuccess;
     for (int r = 0; r < world_ && queued == ncclSuccess; ++r) {
       if (r == rank_) continue;
-      queued = api_.Send(send + r * send_stride, bytes, ncclUint8, r, comm_, stream_);
-      if (queued == ncclSuccess) queued = api_.Recv(recv + r * bytes, bytes, ncclUint8, r, comm_, stream_);
+      const size_t to_send = send_bytes[static_cast<size_t>(r)];
+      if (to_send > 0) queued = api_.Send(send + r * send_stride, to_send, ncclUint8, r, comm_, stream_);
+      if (queued == ncclSuccess && recv_bytes > 0) {
+        queued = api_.Recv(recv + r * recv_bytes, recv_bytes, ncclUint8, r, comm_, stream_);
+      }
     }
     const ncclResult_t ended = api_.GroupEnd();
     check(queued, "ncclSend/ncclRecv");
     check(ended, "ncclGroupEnd");
-    EMIX_CUDA_CHECK(cudaMemcpyAsync(recv + rank_ * bytes, send + rank_ * send_stride, bytes, cudaMemcpyDeviceToDevice, stream_));
+    if (recv_bytes > 0) {
+      EMIX_CUDA_CHECK(cudaMemcpyAsync(recv + rank_ * recv_bytes, send + rank_ * send_stride, recv_bytes,
+                                      cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+
+  void copy_bf16(bf16* to, const bf16* from, size_t count) {
+    EMIX_CUDA_CHECK(cudaMemcpyAsync(to, from, count * sizeof(bf16), cudaMemcpyDeviceToDevice, stream_));
   }
 
   // base holds world × bytes; every rank's block rank() to every rank.
@@ -423,7 +454,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   cudaEvent_t caller_ready_ = nullptr;
   cuda::GrowingBuffer<std::byte> staging_;  // host bytes on their way, on the device
   cuda::GrowingBuffer<std::byte, cuda::Memory::pinned_host> pinned_;  // and on the host
-  cuda::GrowingBuffer<bf16> exchange_;      // gradient segments received
+  cuda::GrowingBuffer<bf16> exchange_;      // gradient batches: blocks sent, received, and sums
 };
 
 std::unique_ptr<Communicator> make_nccl_communicator(const ProcessIdentity& identity) {

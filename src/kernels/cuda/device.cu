@@ -33,6 +33,16 @@ DeviceInfo current_device() {
   fail("CUDA device {} is current but not listed", index);
 }
 
+void select_device_for_local_rank(int local_rank) {
+  int count = 0;
+  EMIX_CUDA_CHECK(cudaGetDeviceCount(&count));
+  const int device = count == 1 ? 0 : local_rank;
+  if (device >= count) {
+    fail("local rank {} on a node that shows {} GPUs: start one rank per GPU on each node", local_rank, count);
+  }
+  EMIX_CUDA_CHECK(cudaSetDevice(device));
+}
+
 double dense_bf16_peak_flops(const std::string& device_name) {
   struct Peak {
     const char* name_part;

@@ -22,6 +22,12 @@ std::vector<DeviceInfo> list_devices(std::string* why_none = nullptr);
 // Throws emix::Error where there is none.
 DeviceInfo current_device();
 
+// Makes the GPU of a rank with this local rank current: device local_rank,
+// or device 0 where the node shows only one (a launcher that sets
+// CUDA_VISIBLE_DEVICES per rank, or several ranks sharing one GPU through a
+// host communicator). Throws emix::Error where the rank has no device.
+void select_device_for_local_rank(int local_rank);
+
 // The dense (not sparse) bf16 tensor-core peak in FLOP/s of a device, from
 // the vendors' datasheets, matched by name (the runtime reports no such
 // figure); 0 for a device not in the table. For MFU.

@@ -163,7 +163,10 @@ struct Gpt2Cuda::Activations : ActivationBuffers {
 };
 
 Gpt2Cuda::Gpt2Cuda(const ModelConfig& config, Gpt2CudaOptions options)
-    : config_(config), layout_(config), options_(options) {
+    : config_(config),
+      layout_(config),
+      options_(options),
+      gradient_groups_(gradient_groups_in_backward_order(layout_, config.n_layer)) {
   config_.validate();
   if (config_.n_embd % 8 != 0) fail("model.n_embd = {}: the CUDA backend needs a multiple of 8", config_.n_embd);
   if (config_.padded_vocab_size % 8 != 0) {
@@ -251,6 +254,10 @@ float Gpt2Cuda::forward(std::span<const int32_t> inputs, std::span<const int32_t
   return run_forward(inputs, targets, B, T, 0.0f, /*write_grad=*/false);
 }
 
+void Gpt2Cuda::report_gradients_of_next_backward(std::function<void(std::span<const ParamRange>)> ready) {
+  gradients_ready_ = std::move(ready);
+}
+
 float Gpt2Cuda::forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
                                  float grad_scale) {
   float loss = run_forward(inputs, targets, B, T, grad_scale, /*write_grad=*/true);
@@ -321,6 +328,13 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
   const auto w = tensors_in(static_cast<const bf16*>(params_), layout_, config_.n_layer);
   const auto g = tensors_in(grads_, layout_, config_.n_layer);
   const BlockActivations& last = a.blocks.back();
+  // Taken for this backward only; groups are reported in order.
+  const auto ready = std::exchange(gradients_ready_, nullptr);
+  size_t next_group = 0;
+  auto report_next_group = [&] {
+    if (ready) ready(gradient_groups_[next_group]);
+    ++next_group;
+  };
 
   // The output head: dlnf = dlogits·wte, dwte += dlogitsᵀ·lnf.
   a.profile.begin(s);
@@ -331,6 +345,7 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
   layernorm_backward(a.dresidual, g.lnfw, g.lnfb, a.reduce_scratch, a.dnarrow, last.residual3, w.lnfw, a.lnf_mean,
                      a.lnf_rstd, N, C, s);
   a.profile.mark("LayerNorm", s);
+  report_next_group();  // lnfw, lnfb
   for (int l = config_.n_layer - 1; l >= 0; --l) {
     const BlockActivations& x = a.blocks[static_cast<size_t>(l)];
     const BlockTensors<const bf16>& p = w.blocks[static_cast<size_t>(l)];
@@ -366,9 +381,11 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
     layernorm_backward(a.dresidual, d.ln1w, d.ln1b, a.reduce_scratch, a.dnarrow, residual, p.ln1w, x.ln1_mean,
                        x.ln1_rstd, N, C, s);
     a.profile.mark("LayerNorm", s);
+    report_next_group();  // block l
   }
   a.encoder_backward.run(g.wte, g.wpe, a.dresidual, inputs.data(), B, T, C, s);
   a.profile.mark("embedding", s);
+  report_next_group();  // wte, wpe
   EMIX_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 

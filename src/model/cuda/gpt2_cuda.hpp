@@ -12,6 +12,7 @@
 // leaves d(loss)/d(logits) in place of the logits. Backward walks the blocks
 // in reverse, accumulating parameter gradients (micro-batches add up).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -84,6 +85,10 @@ class Gpt2Cuda {
   // loss over the B·T positions.
   float forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
                          float grad_scale);
+  // The next forward_backward calls `ready` with each group of
+  // gradient_groups_in_backward_order() once the kernels that finish its
+  // gradients are queued on stream(); later ones do not. Null: none.
+  void report_gradients_of_next_backward(std::function<void(std::span<const ParamRange>)> ready);
   // Mean loss without touching the gradients (validation).
   float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T);
   // ‖grads‖₂ over every parameter, in fp32 (deterministic).
@@ -117,6 +122,8 @@ class Gpt2Cuda {
   bf16* params_ = nullptr;
   bf16* grads_ = nullptr;
   size_t padded_size_ = 0;  // elements of the three buffers above
+  std::vector<std::vector<ParamRange>> gradient_groups_;
+  std::function<void(std::span<const ParamRange>)> gradients_ready_;
   std::unique_ptr<Activations> acts_;
 };
 

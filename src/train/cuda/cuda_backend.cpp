@@ -3,11 +3,13 @@
 // evaluation-point conversions and sampling.
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/text.hpp"
+#include "distributed/process_identity.hpp"
 #include "kernels/cuda/device.hpp"
 #include "model/cuda/gpt2_cuda.hpp"
 #include "model/gpt2_cpu.hpp"
@@ -20,7 +22,7 @@ namespace {
 class CudaBackend final : public ModelBackend {
  public:
   explicit CudaBackend(const Config& config)
-      : model_((require_device(), config.model), gpt2_cuda_options(config.cuda)),
+      : model_((use_this_ranks_device(), config.model), gpt2_cuda_options(config.cuda)),
         rounding_seed_(config.training.seed),
         peak_flops_(cuda::dense_bf16_peak_flops(cuda::current_device().name)),
         host_weights_(model_.num_parameters()) {}
@@ -69,6 +71,9 @@ class CudaBackend final : public ModelBackend {
     return {model_.master(), model_.params(), model_.grads(), rounding_seed_, model_.stream()};
   }
   void master_changed(int64_t step) override { rederive_bf16_weights(step); }
+  void report_gradients_of_next_backward(GradientsReady ready) override {
+    model_.report_gradients_of_next_backward(std::move(ready));
+  }
 
   void step(Optimizer& optimizer, const StepInfo& info, float grad_scale) override {
     optimizer.step_device(device_step(grad_scale), info);
@@ -110,9 +115,12 @@ class CudaBackend final : public ModelBackend {
     }
   }
 
-  static void require_device() {
+  // This rank's GPU (the first of a single process), chosen before anything
+  // is allocated. The NCCL communicator has chosen the same one.
+  static void use_this_ranks_device() {
     std::string why;
     if (cuda::list_devices(&why).empty()) fail("device \"cuda\": no usable GPU ({})", why);
+    cuda::select_device_for_local_rank(read_process_identity().local_rank);
   }
 
   DeviceStep device_step(float grad_scale) {
