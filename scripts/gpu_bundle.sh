@@ -40,6 +40,18 @@ if not os.environ.get("GPU_TEXT_PARTS"):
     crop("data/gutenberg/gutenberg_train_000000.bin", "gpu_carry/data/bench_train_000000.bin", int(os.environ.get("GPU_TRAIN_TOKENS", 6_000_000)))
 crop('data/gutenberg/gutenberg_val_000000.bin', 'gpu_carry/data/bench_val_000000.bin', 300_000)
 PY
+# Open MPI from Debian's packages (6 MB), which the GPU image lacks:
+# gpu_check.sh unpacks it there to run two ranks on the one GPU through MPI.
+# The packages a one-node run loads; hwloc's plugins and the X11 libraries
+# are left out.
+rm -rf gpu_carry/openmpi
+mkdir -p gpu_carry/openmpi
+if ! (cd gpu_carry/openmpi && apt-get download -q openmpi-bin libopenmpi3 openmpi-common libevent-core-2.1-7 \
+      libevent-pthreads-2.1-7 libfabric1 libhwloc15 libibverbs1 ibverbs-providers libmunge2 libnl-3-200 \
+      libnl-route-3-200 libnuma1 libpciaccess0 libpmix2 libpsm-infinipath1 libpsm2-2 librdmacm1 libucx0 >/dev/null); then
+  echo "warning: Open MPI's packages could not be downloaded: gpu_check.sh will skip the two-rank MPI test" >&2
+  rm -rf gpu_carry/openmpi
+fi
 size_mib=$(( $(du -sb gpu_carry | cut -f1) / 1048576 ))
 echo "gpu_carry: ${size_mib} MiB"
 if (( size_mib >= 64 )); then

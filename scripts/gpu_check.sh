@@ -42,6 +42,32 @@ fi
 echo "== GPU tests"
 timeout 420 build/tests/test_cuda --gtest_color=no 2>&1 | tee "$OUT/test_cuda.log"
 tests_status=${PIPESTATUS[0]}
+# Two ranks sharing the GPU through MPI (the host-staged collectives; NCCL
+# refuses two ranks on one GPU). The GPU image has no Open MPI of its own:
+# the one gpu_bundle.sh carries is unpacked outside the system's folders.
+mpirun_command=mpirun
+if ! command -v mpirun >/dev/null 2>&1 && compgen -G "gpu_carry/openmpi/*.deb" >/dev/null; then
+  ompi=/tmp/emix_openmpi
+  rm -rf "$ompi" && mkdir -p "$ompi"
+  for deb in gpu_carry/openmpi/*.deb; do dpkg -x "$deb" "$ompi"; done
+  # The library Debian's alternatives would link.
+  ln -sf "$ompi/usr/lib/libpsm1/libpsm_infinipath.so.1.16" "$ompi/usr/lib/x86_64-linux-gnu/libpsm_infinipath.so.1"
+  export OPAL_PREFIX="$ompi/usr" OPAL_LIBDIR="$ompi/usr/lib/x86_64-linux-gnu/openmpi/lib" OPAL_SYSCONFDIR="$ompi/etc/openmpi"
+  export LD_LIBRARY_PATH="$OPAL_LIBDIR:$ompi/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+  # Shared memory between the two ranks; no network transports to probe.
+  export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
+  export OMPI_MCA_mtl='^ofi,psm,psm2' OMPI_MCA_osc='^ucx'
+  mpirun_command="$ompi/usr/bin/orterun"
+  echo "Open MPI unpacked from gpu_carry/openmpi into $ompi"
+fi
+if command -v "$mpirun_command" >/dev/null 2>&1; then
+  echo "== two ranks on one GPU through MPI"
+  EMIX_COMM=mpi timeout 300 "$mpirun_command" --oversubscribe --allow-run-as-root -np 2 build/tests/test_cuda \
+    --gtest_color=no --gtest_filter='CudaDistributed.*' 2>&1 | tee "$OUT/test_cuda_mpi.log"
+  (( PIPESTATUS[0] == 0 )) || tests_status=1
+else
+  echo "SKIPPED: two ranks on one GPU (CudaDistributed.RanksSharingOneGpuThroughMpi*): no mpirun, none carried"
+fi
 [[ "${1:-}" == quick ]] && exit "$tests_status"
 if [[ "${1:-}" == sanitize ]]; then
   # memcheck over the GPU tests (left out, as they only repeat kernels the
