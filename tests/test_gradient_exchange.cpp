@@ -55,11 +55,35 @@ TEST(GradientExchange, BackwardGroupsCoverEveryParameterOnce) {
   }
 }
 
+// Every rank computes the same plan, so that what rank a sends to rank b
+// (lengths[b]) is what b receives from a (its own lengths[b]), down to the
+// empty blocks neither side sends.
+void expect_same_plan_on_every_rank(const std::vector<ParamRange>& ranges, const ShardPlan& plan, size_t segment,
+                                    const std::vector<ExchangeBatch>& batches) {
+  for (int rank = 0; rank < plan.world; ++rank) {
+    const ShardPlan ranks_plan{plan.total, plan.world, rank, plan.chunk};
+    const std::vector<ExchangeBatch> ranks = plan_gradient_exchange(ranges, ranks_plan, segment);
+    ASSERT_EQ(ranks.size(), batches.size()) << "rank " << rank;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      EXPECT_EQ(ranks[i].lengths, batches[i].lengths) << "rank " << rank << ", batch " << i;
+      EXPECT_EQ(ranks[i].block, batches[i].block) << "rank " << rank << ", batch " << i;
+      for (size_t owner = 0; owner < batches[i].pieces.size(); ++owner) {
+        ASSERT_EQ(ranks[i].pieces[owner].size(), batches[i].pieces[owner].size());
+        for (size_t p = 0; p < batches[i].pieces[owner].size(); ++p) {
+          EXPECT_EQ(ranks[i].pieces[owner][p].begin, batches[i].pieces[owner][p].begin);
+          EXPECT_EQ(ranks[i].pieces[owner][p].offset, batches[i].pieces[owner][p].offset);
+        }
+      }
+    }
+  }
+}
+
 // Every element of the ranges lands in exactly one piece, held by the
 // owner of its chunk; each owner's pieces fill its length from 0 without
 // gaps, in flat order; no block is longer than the segment.
 void expect_valid_plan(const std::vector<ParamRange>& ranges, const ShardPlan& plan, size_t segment) {
   const std::vector<ExchangeBatch> batches = plan_gradient_exchange(ranges, plan, segment);
+  expect_same_plan_on_every_rank(ranges, plan, segment, batches);
   std::vector<ParamRange> covered;
   std::vector<size_t> last_end(static_cast<size_t>(plan.world), 0);
   for (const ExchangeBatch& batch : batches) {

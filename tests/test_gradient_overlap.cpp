@@ -94,11 +94,11 @@ class ReportingBackend final : public ModelBackend {
   }
   float forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
                          float grad_scale) override {
+    const GradientsReady ready = std::exchange(ready_, nullptr);
     ++state_.micro_batch;
     state_.in_backward = true;
     const float loss = model_.forward(inputs, targets, B, T);
     model_.backward(grad_scale);
-    const GradientsReady ready = std::exchange(ready_, nullptr);
     for (size_t g = 0; g < groups_reported_ && ready; ++g) ready(groups_[g]);
     state_.in_backward = false;
     return loss;

@@ -108,8 +108,9 @@ class Communicator {
   // on host bf16 bit patterns, for a communicator that moves host memory:
   // as reduce_scatter_sum, but the sums are added in fp32 in rank order (as
   // reduce_scatter_sum adds floats) and rounded once to the nearest bf16,
-  // ties to even: the bits sum_bf16_chunks gives on a GPU. input and output
-  // may not overlap.
+  // ties to even: the bits sum_bf16_chunks gives on a GPU, except NaNs'
+  // payloads (a NaN sum makes the norm non-finite and the step is skipped).
+  // input and output may not overlap.
   void reduce_scatter_sum_bf16(std::span<const uint16_t> input, std::span<uint16_t> output);
   // data of rank `root` is copied to every rank.
   virtual void broadcast(std::span<float> data, int root) = 0;

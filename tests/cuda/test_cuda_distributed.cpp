@@ -1,5 +1,6 @@
 // The GPU's data-parallel path: the gradients' rank-order sum kernel
-// against its host definition; training through NCCL with one rank
+// against its host definition; the collectives' grouped reduction against
+// the host's bf16 reduce-scatter; training through NCCL with one rank
 // (EMIX_COMM=nccl: every collective of stages 0 and 1 runs, as a copy)
 // against the plain single-GPU run, bit for bit; and, launched under
 // `mpirun -np 2` with EMIX_COMM=mpi (scripts/gpu_check.sh), two ranks sharing
@@ -10,7 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -20,8 +23,12 @@
 #include "cuda/cuda_test_support.hpp"
 #include "core/error.hpp"
 #include "distributed/communicator.hpp"
+#include "distributed/device_collectives.hpp"
+#include "distributed/gradient_exchange.hpp"
 #include "distributed/process_identity.hpp"
+#include "distributed/shard_plan.hpp"
 #include "kernels/cuda/sum_chunks.cuh"
+#include "model/gpt2_config.hpp"
 #include "test_support.hpp"
 #include "train/trainer.hpp"
 
@@ -143,6 +150,70 @@ fs::path shared_directory(Communicator& comm, std::unique_ptr<test::TempDir>& ow
   if (comm.rank() == 0) test::write_tiny_shards(path);
   comm.barrier();
   return path;
+}
+
+// The collectives on GPU buffers, driven as data parallelism drives them
+// (every group of the backward but the embeddings, then what is left, then
+// the wait), against Communicator::reduce_scatter_sum_bf16 on the host, bit
+// for bit: this rank's chunk holds the sums, everything else is untouched.
+// Under mpirun (EMIX_COMM=mpi) the host-staged collectives; in one process
+// NCCL's, with one rank (each sum is then one value, so this checks how the
+// pieces are packed and unpacked).
+TEST(CudaDistributed, DeviceReductionInGroupsIsTheBf16ReduceScatter) {
+  EMIX_REQUIRE_GPU();
+  Communicator* comm = launcher_communicator();
+  std::unique_ptr<Communicator> nccl;
+  std::unique_ptr<DeviceCollectives> staged;
+  DeviceCollectives* collectives = nullptr;
+  if (comm != nullptr) {
+    staged = make_host_staged_collectives(*comm);
+    collectives = staged.get();
+  } else {
+    std::string why_not;
+    nccl = one_rank_nccl(&why_not);
+    if (nccl == nullptr) {
+      ASSERT_NE(why_not.find("cannot be loaded"), std::string::npos) << why_not;
+      GTEST_SKIP() << why_not;
+    }
+    comm = nccl.get();
+    collectives = comm->device_collectives();
+  }
+  const ModelConfig model{64, 64, 3, 16, 2, 8};
+  const ParameterLayout layout(model);
+  const ShardPlan plan = ShardPlan::make(layout.num_parameters(), comm->world_size(), comm->rank(), 16);
+  // Mixed magnitudes, so that the order of the additions shows; the padding zero.
+  std::vector<float> values = test::random_floats(plan.padded_total(), 29 + comm->rank(), 1.0f);
+  for (size_t i = 0; i < values.size(); i += 3) values[i] *= 4096.0f;
+  std::fill(values.begin() + static_cast<std::ptrdiff_t>(plan.total), values.end(), 0.0f);
+  const std::vector<cuda::bf16> before = test::to_bf16(values);
+  std::vector<uint16_t> before_bits(before.size());
+  std::memcpy(before_bits.data(), before.data(), before_bits.size() * sizeof(uint16_t));
+  std::vector<uint16_t> sums(plan.chunk);
+  comm->reduce_scatter_sum_bf16(before_bits, sums);
+
+  test::DeviceBuffer<cuda::bf16> grads(before);
+  cudaStream_t stream = nullptr;  // non-blocking, as the model's
+  EMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const auto groups = gradient_groups_in_backward_order(layout, model.n_layer);
+  std::vector<ParamRange> reported;
+  for (size_t g = 0; g + 1 < groups.size(); ++g) {
+    collectives->reduce_bf16(grads.get(), plan, groups[g], stream);
+    reported.insert(reported.end(), groups[g].begin(), groups[g].end());
+  }
+  collectives->reduce_bf16(grads.get(), plan, ranges_not_in(reported, plan.total), stream);
+  collectives->finish_reductions();
+  EMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
+  EMIX_CUDA_CHECK(cudaStreamDestroy(stream));
+  const std::vector<cuda::bf16> after = grads.download();
+  std::vector<uint16_t> after_bits(after.size());
+  std::memcpy(after_bits.data(), after.data(), after_bits.size() * sizeof(uint16_t));
+
+  const size_t mine_begin = static_cast<size_t>(comm->rank()) * plan.chunk;
+  for (size_t i = 0; i < after_bits.size(); ++i) {
+    const bool mine = i >= mine_begin && i < mine_begin + plan.chunk && i < plan.total;
+    ASSERT_EQ(after_bits[i], mine ? sums[i - mine_begin] : before_bits[i])
+        << "element " << i << " on rank " << comm->rank() << " of " << comm->world_size();
+  }
 }
 
 // Several ranks on one GPU through MPI (the host-staged collectives): the

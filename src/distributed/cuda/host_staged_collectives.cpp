@@ -4,10 +4,10 @@
 // Every byte crosses the host link twice and nothing overlaps the backward,
 // so NCCL is far faster wherever it can run.
 //
-// The gradients' sum has NCCL's bits: Communicator::reduce_scatter_sum_bf16
-// adds in fp32 in rank order and rounds with the function sum_bf16_chunks
-// uses (kernels/bf16_rounding.hpp), over the same exchange plan
-// (gradient_exchange.hpp).
+// The gradients' sum has NCCL's bits (NaN payloads aside):
+// Communicator::reduce_scatter_sum_bf16 adds in fp32 in rank order and
+// rounds with the function sum_bf16_chunks uses (kernels/bf16_rounding.hpp),
+// over the same exchange plan (gradient_exchange.hpp).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -46,6 +46,10 @@ class HostStagedCollectives final : public DeviceCollectives {
     for (const ExchangeBatch& batch : plan_gradient_exchange(ranges, plan, gradient_exchange_segment(plan.world))) {
       exchange_batch_through_host(comm_, batch, read, write, scratch_);
     }
+    // A copy from pageable memory may return before its data has reached
+    // the device, and the model's stream (non-blocking) is not ordered
+    // after it: wait for every copy before anything reads the sums.
+    EMIX_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   void finish_reductions() override {}

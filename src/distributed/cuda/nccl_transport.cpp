@@ -209,6 +209,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   // Host bytes go: caller → pinned → device, and back the same way once
   // the stream is done (the caller's memory is written only after wait()).
   void all_to_all(const std::byte* send, std::byte* recv, size_t bytes) override {
+    finish_queued_reductions();
     const size_t total = bytes * static_cast<size_t>(world_);
     std::byte* staged_send = staging_.get(2 * total, stream_);
     std::byte* staged_recv = staged_send + total;
@@ -219,6 +220,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   }
 
   void all_gather(const std::byte* send, std::byte* recv, size_t bytes) override {
+    finish_queued_reductions();
     const size_t total = bytes * static_cast<size_t>(world_);
     std::byte* staged = staging_.get(total, stream_);
     std::byte* pinned = stage_in(send, bytes, total);
@@ -228,6 +230,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   }
 
   void broadcast(std::byte* data, size_t bytes, int root) override {
+    finish_queued_reductions();
     std::byte* staged = staging_.get(bytes, stream_);
     std::byte* pinned = stage_in(data, bytes, bytes);
     EMIX_CUDA_CHECK(cudaMemcpyAsync(staged, pinned, bytes, cudaMemcpyHostToDevice, stream_));
@@ -261,6 +264,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
     const size_t world = static_cast<size_t>(world_);
     bf16* buffer = exchange_.get((2 * world + 1) * std::min(segment, plan.chunk), stream_);
     follow(caller_stream);
+    reductions_queued_ = true;
     for (const ExchangeBatch& batch : plan_gradient_exchange(ranges, plan, segment)) {
       bf16* send = buffer;
       bf16* received = buffer + world * batch.block;
@@ -283,7 +287,10 @@ class NcclTransport final : public Transport, public DeviceCollectives {
     }
   }
 
-  void finish_reductions() override { wait("the gradients' reduce-scatter"); }
+  void finish_reductions() override {
+    wait("the gradients' reduce-scatter");
+    reductions_queued_ = false;
+  }
 
   void all_gather(void* padded, size_t chunk_bytes, void* caller_stream) override {
     follow(caller_stream);
@@ -309,6 +316,15 @@ class NcclTransport final : public Transport, public DeviceCollectives {
     if (blob.size() != bytes.size()) fail("rendezvous: NCCL's id arrived with {} bytes, not {}", blob.size(), bytes.size());
     std::memcpy(&id, blob.data(), sizeof id);
     return id;
+  }
+
+  // A host collective (the step's losses, gathered between the backward and
+  // the gradients' norm) first waits for the gradients' reductions queued
+  // during the backward: it would otherwise wait for them without a bound
+  // (growing a buffer synchronizes the stream), and blame itself for their
+  // failure. Nothing is lost: the caller waits for them next anyway.
+  void finish_queued_reductions() {
+    if (reductions_queued_) finish_reductions();
   }
 
   // `bytes` of host memory copied into the pinned buffer (which the
@@ -455,6 +471,7 @@ class NcclTransport final : public Transport, public DeviceCollectives {
   cuda::GrowingBuffer<std::byte> staging_;  // host bytes on their way, on the device
   cuda::GrowingBuffer<std::byte, cuda::Memory::pinned_host> pinned_;  // and on the host
   cuda::GrowingBuffer<bf16> exchange_;      // gradient batches: blocks sent, received, and sums
+  bool reductions_queued_ = false;          // reduce_bf16 since the last finish_reductions
 };
 
 std::unique_ptr<Communicator> make_nccl_communicator(const ProcessIdentity& identity) {

@@ -254,14 +254,17 @@ float Gpt2Cuda::forward(std::span<const int32_t> inputs, std::span<const int32_t
   return run_forward(inputs, targets, B, T, 0.0f, /*write_grad=*/false);
 }
 
-void Gpt2Cuda::report_gradients_of_next_backward(std::function<void(std::span<const ParamRange>)> ready) {
+void Gpt2Cuda::report_gradients_of_next_backward(GradientsReady ready) {
   gradients_ready_ = std::move(ready);
 }
 
 float Gpt2Cuda::forward_backward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T,
                                  float grad_scale) {
+  // Taken for this call only, even if the forward throws: a later call must
+  // not report (its micro-batch would not be the step's last).
+  const GradientsReady ready = std::exchange(gradients_ready_, nullptr);
   float loss = run_forward(inputs, targets, B, T, grad_scale, /*write_grad=*/true);
-  run_backward(inputs, B, T);
+  run_backward(inputs, B, T, ready);
   return loss;
 }
 
@@ -320,7 +323,7 @@ float Gpt2Cuda::run_forward(std::span<const int32_t> inputs, std::span<const int
   return static_cast<float>(loss_sum / N);
 }
 
-void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
+void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T, const GradientsReady& ready) {
   Activations& a = *acts_;
   const int C = config_.n_embd, NH = config_.n_head, Vp = config_.padded_vocab_size;
   const int N = B * T;
@@ -328,8 +331,7 @@ void Gpt2Cuda::run_backward(std::span<const int32_t> inputs, int B, int T) {
   const auto w = tensors_in(static_cast<const bf16*>(params_), layout_, config_.n_layer);
   const auto g = tensors_in(grads_, layout_, config_.n_layer);
   const BlockActivations& last = a.blocks.back();
-  // Taken for this backward only; groups are reported in order.
-  const auto ready = std::exchange(gradients_ready_, nullptr);
+  // The groups in order, each once its gradients' kernels are queued.
   size_t next_group = 0;
   auto report_next_group = [&] {
     if (ready) ready(gradient_groups_[next_group]);

@@ -88,7 +88,8 @@ class Gpt2Cuda {
   // The next forward_backward calls `ready` with each group of
   // gradient_groups_in_backward_order() once the kernels that finish its
   // gradients are queued on stream(); later ones do not. Null: none.
-  void report_gradients_of_next_backward(std::function<void(std::span<const ParamRange>)> ready);
+  using GradientsReady = std::function<void(std::span<const ParamRange>)>;
+  void report_gradients_of_next_backward(GradientsReady ready);
   // Mean loss without touching the gradients (validation).
   float forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T);
   // ‖grads‖₂ over every parameter, in fp32 (deterministic).
@@ -112,7 +113,7 @@ class Gpt2Cuda {
   // leaves the logits' gradient in place.
   float run_forward(std::span<const int32_t> inputs, std::span<const int32_t> targets, int B, int T, float grad_scale,
                     bool write_grad);
-  void run_backward(std::span<const int32_t> inputs, int B, int T);
+  void run_backward(std::span<const int32_t> inputs, int B, int T, const GradientsReady& ready);
 
   ModelConfig config_;
   ParameterLayout layout_;
@@ -123,7 +124,7 @@ class Gpt2Cuda {
   bf16* grads_ = nullptr;
   size_t padded_size_ = 0;  // elements of the three buffers above
   std::vector<std::vector<ParamRange>> gradient_groups_;
-  std::function<void(std::span<const ParamRange>)> gradients_ready_;
+  GradientsReady gradients_ready_;
   std::unique_ptr<Activations> acts_;
 };
 
