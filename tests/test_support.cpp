@@ -23,6 +23,18 @@ bool same_bits(std::span<const float> a, std::span<const float> b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size_bytes()) == 0);
 }
 
+void expect_only_own_chunk_summed(std::span<const uint16_t> after, std::span<const uint16_t> before,
+                                  std::span<const uint16_t> sums, const ShardPlan& plan) {
+  ASSERT_EQ(after.size(), plan.padded_total());
+  ASSERT_EQ(before.size(), plan.padded_total());
+  const size_t mine_begin = static_cast<size_t>(plan.rank) * plan.chunk;
+  for (size_t i = 0; i < after.size(); ++i) {
+    const bool mine = i >= mine_begin && i < mine_begin + plan.chunk && i < plan.total;
+    ASSERT_EQ(after[i], mine ? sums[i - mine_begin] : before[i])
+        << "element " << i << " on rank " << plan.rank << " of " << plan.world;
+  }
+}
+
 fs::path source_dir() { return fs::path(EMIX_SOURCE_DIR); }
 
 fs::path tokenizer_dir() {

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "distributed/shard_plan.hpp"
 #include "model/gpt2_config.hpp"
 #include "optim/optimizer.hpp"
 #include "train/trainer.hpp"
@@ -105,6 +106,12 @@ std::vector<OptimizerVariant> optimizer_variants();
 
 // Whether a and b hold the same floats bit for bit (-0 ≠ +0, NaNs compared by bits).
 bool same_bits(std::span<const float> a, std::span<const float> b);
+
+// After a bf16 gradient reduction of `plan`'s padded buffer (bit patterns):
+// this rank's chunk, padding excluded, holds `sums` (its chunk of the
+// reduce-scatter), and every other element is as `before`.
+void expect_only_own_chunk_summed(std::span<const uint16_t> after, std::span<const uint16_t> before,
+                                  std::span<const uint16_t> sums, const ShardPlan& plan);
 
 // `size` standard normal floats from `seed` (core/rng.hpp): test parameters
 // and gradients.

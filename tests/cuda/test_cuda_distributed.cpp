@@ -207,13 +207,7 @@ TEST(CudaDistributed, DeviceReductionInGroupsIsTheBf16ReduceScatter) {
   const std::vector<cuda::bf16> after = grads.download();
   std::vector<uint16_t> after_bits(after.size());
   std::memcpy(after_bits.data(), after.data(), after_bits.size() * sizeof(uint16_t));
-
-  const size_t mine_begin = static_cast<size_t>(comm->rank()) * plan.chunk;
-  for (size_t i = 0; i < after_bits.size(); ++i) {
-    const bool mine = i >= mine_begin && i < mine_begin + plan.chunk && i < plan.total;
-    ASSERT_EQ(after_bits[i], mine ? sums[i - mine_begin] : before_bits[i])
-        << "element " << i << " on rank " << comm->rank() << " of " << comm->world_size();
-  }
+  test::expect_only_own_chunk_summed(after_bits, before_bits, sums, plan);
 }
 
 // Several ranks on one GPU through MPI (the host-staged collectives): the
